@@ -1,0 +1,300 @@
+//! Appliance start-up and shutdown: config -> EAL -> mempool -> ports -> workers, and the main
+//! lcore's loop (signals, periodic counters) while the workers run.
+//!
+//! Shutdown order on SIGINT/SIGTERM (or `run_for`): the stop flag is set, every worker leaves its
+//! loop after flushing its tx buffers and publishing its counters, `Eal::run` joins them, then
+//! ports are stopped and closed, the mempool is freed, and EAL is cleaned up (drop order).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{Config, Mode, RssMode};
+use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
+use crate::stats::{WorkerCounters, WorkerSnapshot};
+use crate::worker::{Passthrough, RxPath};
+
+/// Options that are not part of the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this long (for tests and benchmarks); run until a signal when `None`.
+    pub run_for: Option<Duration>,
+    /// Write final counters as JSON here at exit.
+    pub stats_json: Option<std::path::PathBuf>,
+}
+
+/// Final counters, as written to `--stats-json`.
+#[derive(Debug, Serialize)]
+pub struct FinalStats {
+    /// Per port: name and driver counters.
+    pub ports: Vec<PortReport>,
+    /// Per worker: lcore and counters.
+    pub workers: Vec<WorkerReport>,
+    /// Mempool in use at exit (after ports stopped this should return to 0).
+    pub mempool_in_use: u32,
+    /// TSC frequency, for converting cycles.
+    pub tsc_hz: u64,
+}
+
+/// One port's final counters.
+#[derive(Debug, Serialize)]
+pub struct PortReport {
+    /// Config name.
+    pub name: String,
+    /// Driver counters.
+    pub rx_packets: u64,
+    /// Driver counters.
+    pub tx_packets: u64,
+    /// Driver counters.
+    pub rx_missed: u64,
+    /// Driver counters.
+    pub tx_errors: u64,
+}
+
+/// One worker's final counters.
+#[derive(Debug, Serialize)]
+pub struct WorkerReport {
+    /// The lcore.
+    pub lcore: u32,
+    /// Counters.
+    #[serde(flatten)]
+    pub counters: WorkerSnapshot,
+    /// Busy cycles per packet.
+    pub cycles_per_packet: f64,
+}
+
+/// Errors of start-up, each with the fix in its message.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// DPDK refused something.
+    #[error(transparent)]
+    Dpdk(#[from] dpdk::Error),
+    /// The requested mode is not built into this binary yet.
+    #[error("dataplane.mode = \"proxy\" is not available in this build; use \"passthrough\"")]
+    ModeUnavailable,
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// Writing the stats file failed.
+    #[error("cannot write {0}: {1}")]
+    StatsFile(String, std::io::Error),
+}
+
+fn rss_policy(r: RssMode) -> Option<bool> {
+    match r {
+        RssMode::Auto => None,
+        RssMode::On => Some(true),
+        RssMode::Off => Some(false),
+    }
+}
+
+/// Runs the appliance until a signal (or `opts.run_for`), then shuts down cleanly.
+///
+/// # Errors
+/// Start-up failed (see [`AppError`]); nothing is left running.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
+    if cfg.dataplane.mode == Mode::Proxy {
+        return Err(AppError::ModeUnavailable);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(AppError::Signals)?;
+    }
+
+    let eal = Eal::init(&cfg.eal_args())?;
+    let pool = Mempool::new(
+        &eal,
+        "tsmp_mbufs",
+        cfg.mempool.mbufs,
+        cfg.mempool.cache,
+        cfg.mempool.data_room,
+    )?;
+
+    let mut ports = Vec::with_capacity(cfg.ports.len());
+    for (i, p) in cfg.ports.iter().enumerate() {
+        let id = match (&p.vdev, &p.pci) {
+            (Some(v), _) => eal.probe_vdev(v)?,
+            (None, Some(a)) => eal.pci_port(a)?,
+            (None, None) => unreachable!("validated: a port has pci or vdev"),
+        };
+        let setup = PortSetup {
+            name: p.name.clone(),
+            rx_queues: cfg.rx_queues(i),
+            tx_queues: cfg.tx_queues(),
+            rx_desc: p.rx_desc,
+            tx_desc: p.tx_desc,
+            promiscuous: p.promiscuous,
+            rss: rss_policy(p.rss),
+            mtu: p.mtu,
+        };
+        let port = Port::start(id, &setup, &pool)?;
+        let inf = port.info();
+        let mac: Vec<String> = inf.mac.iter().map(|b| format!("{b:02x}")).collect();
+        println!(
+            "port {} {:<8} driver={} mac={} rxq={} txq={} rss={}",
+            id,
+            p.name,
+            inf.driver,
+            mac.join(":"),
+            inf.rx_queues,
+            inf.tx_queues,
+            if inf.rss { "on" } else { "off" }
+        );
+        ports.push(port);
+    }
+    wait_links(&ports, Duration::from_secs(3));
+
+    let counters: Vec<WorkerCounters> = cfg
+        .workers
+        .iter()
+        .map(|_| WorkerCounters::default())
+        .collect();
+    let hz = eal.tsc_hz();
+    let drain_tsc = hz / 1_000_000 * u64::from(cfg.dataplane.drain_us);
+    let assignments = cfg.rx_assignments();
+    let mut jobs: Vec<(LcoreId, Box<dyn FnOnce() + Send + '_>)> = Vec::new();
+    for (i, w) in cfg.workers.iter().enumerate() {
+        let qi = u16::try_from(i).unwrap_or(u16::MAX);
+        let mut rx = Vec::new();
+        for a in &assignments[i] {
+            // Pass-through: a frame from port 0 leaves on port 1 and vice versa.
+            rx.push(RxPath {
+                rx: ports[a.port].rx_queue(a.queue)?,
+                out: 1 - a.port,
+            });
+        }
+        let tx = ports
+            .iter()
+            .map(|p| p.tx_queue(qi))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fwd = Passthrough {
+            rx,
+            tx,
+            burst: cfg.dataplane.burst,
+            drain_tsc,
+        };
+        let stop = &*stop;
+        let c = &counters[i];
+        jobs.push((LcoreId(w.lcore), Box::new(move || fwd.run(stop, c))));
+        println!(
+            "worker {i} lcore {} polls {:?}",
+            w.lcore,
+            assignments[i]
+                .iter()
+                .map(|a| format!("{}:{}", cfg.ports[a.port].name, a.queue))
+                .collect::<Vec<_>>()
+        );
+    }
+    println!(
+        "forwarding ({:?} mode); Ctrl-C or SIGTERM stops",
+        cfg.dataplane.mode
+    );
+
+    let started = Instant::now();
+    let interval = cfg.control.stats_interval_s;
+    eal.run(&stop, jobs, || {
+        let mut last_print = Instant::now();
+        let mut last: Vec<WorkerSnapshot> = counters.iter().map(WorkerCounters::snapshot).collect();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            if opts.run_for.is_some_and(|d| started.elapsed() >= d) {
+                break;
+            }
+            if interval > 0 && last_print.elapsed() >= Duration::from_secs(u64::from(interval)) {
+                let dt = last_print.elapsed().as_secs_f64();
+                for (i, c) in counters.iter().enumerate() {
+                    let now = c.snapshot();
+                    let pps = (now.rx_pkts - last[i].rx_pkts) as f64 / dt;
+                    let bps = (now.rx_bytes - last[i].rx_bytes) as f64 * 8.0 / dt;
+                    println!(
+                        "worker {i}: {:.3} Mpps {:.3} Gbit/s rx={} tx={} tx_dropped={} cycles/pkt={:.0}",
+                        pps / 1e6,
+                        bps / 1e9,
+                        now.rx_pkts,
+                        now.tx_pkts,
+                        now.tx_dropped,
+                        now.cycles_per_packet()
+                    );
+                    last[i] = now;
+                }
+                last_print = Instant::now();
+            }
+        }
+    })?;
+
+    let report = FinalStats {
+        ports: ports
+            .iter()
+            .map(|p| {
+                let s: PortStats = p.stats();
+                PortReport {
+                    name: p.name().to_owned(),
+                    rx_packets: s.ipackets,
+                    tx_packets: s.opackets,
+                    rx_missed: s.imissed,
+                    tx_errors: s.oerrors,
+                }
+            })
+            .collect(),
+        workers: cfg
+            .workers
+            .iter()
+            .zip(&counters)
+            .map(|(w, c)| {
+                let s = c.snapshot();
+                WorkerReport {
+                    lcore: w.lcore,
+                    counters: s,
+                    cycles_per_packet: s.cycles_per_packet(),
+                }
+            })
+            .collect(),
+        mempool_in_use: pool.in_use(),
+        tsc_hz: hz,
+    };
+    for p in &report.ports {
+        println!(
+            "port {:<8} rx={} tx={} rx_missed={} tx_errors={}",
+            p.name, p.rx_packets, p.tx_packets, p.rx_missed, p.tx_errors
+        );
+    }
+    for (i, w) in report.workers.iter().enumerate() {
+        println!(
+            "worker {i} lcore {}: rx={} tx={} tx_dropped={} busy_cycles/pkt={:.1}",
+            w.lcore,
+            w.counters.rx_pkts,
+            w.counters.tx_pkts,
+            w.counters.tx_dropped,
+            w.cycles_per_packet
+        );
+    }
+    if let Some(path) = &opts.stats_json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        std::fs::write(path, text)
+            .map_err(|e| AppError::StatsFile(path.display().to_string(), e))?;
+    }
+    drop(ports);
+    drop(pool);
+    drop(eal);
+    println!("stopped cleanly");
+    Ok(())
+}
+
+fn wait_links(ports: &[Port<'_>], max: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < max && !ports.iter().all(|p| p.link().up) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in ports {
+        let l = p.link();
+        println!(
+            "port {} {:<8} link {} {} Mbit/s",
+            p.id(),
+            p.name(),
+            if l.up { "up" } else { "DOWN" },
+            l.speed_mbps
+        );
+    }
+}
