@@ -63,10 +63,10 @@ impl Passthrough<'_> {
                 }
                 s.busy_polls += 1;
                 s.rx_pkts += n as u64;
-                for m in burst.drain() {
-                    s.rx_bytes += u64::from(m.pkt_len());
-                    account(&mut s, self.tx[path.out].push(m));
-                }
+                let r = self.tx[path.out].push_burst(&mut burst);
+                // Pass-through: what was received is what was offered to tx.
+                s.rx_bytes += r.sent_bytes + r.dropped_bytes;
+                account(&mut s, r);
                 s.busy_cycles += rdtsc().wrapping_sub(t0);
             }
             let now = rdtsc();

@@ -469,6 +469,22 @@ impl<'eal> Mempool<'eal> {
         &self.name
     }
 
+    /// Fills `burst` (after emptying it) with `n` fresh mbufs, all or none. Returns `false` when the
+    /// pool has fewer than `n` free.
+    pub fn alloc_bulk(&self, burst: &mut Burst, n: usize) -> bool {
+        burst.clear();
+        let n = n.min(Burst::CAP);
+        // SAFETY: `pkts` has room for n <= CAP pointers; on success (0) all n are fresh mbufs we
+        // own, on failure none was allocated.
+        let ret = unsafe {
+            sys::rte_pktmbuf_alloc_bulk(self.raw.as_ptr(), burst.pkts.as_mut_ptr(), n as c_uint)
+        };
+        if ret == 0 {
+            burst.len = n;
+        }
+        ret == 0
+    }
+
     /// Allocates one mbuf (data length 0, default headroom), or `None` when the pool is empty.
     pub fn alloc(&self) -> Option<Mbuf> {
         // SAFETY: the pool is valid; a non-null result is a fresh mbuf with refcnt 1 that we own.
@@ -486,6 +502,7 @@ impl Drop for Mempool<'_> {
 }
 
 /// An owned packet buffer. Freed on drop.
+#[repr(transparent)]
 pub struct Mbuf {
     raw: NonNull<sys::rte_mbuf>,
 }
@@ -659,21 +676,69 @@ impl Burst {
         }
     }
 
-    /// Takes every mbuf out, in order, leaving the burst empty.
+    /// The mbufs, mutably (to fill freshly allocated ones).
     #[inline(always)]
-    pub fn drain(&mut self) -> impl Iterator<Item = Mbuf> + '_ {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Mbuf> + '_ {
+        // SAFETY: Mbuf is a transparent wrapper around a non-null pointer (repr(transparent)), and
+        // pkts[..len] are non-null mbufs we own; handing out &mut Mbuf does not move ownership.
+        unsafe { std::slice::from_raw_parts_mut(self.pkts.as_mut_ptr().cast::<Mbuf>(), self.len) }
+            .iter_mut()
+    }
+
+    /// Takes every mbuf out, in order, leaving the burst empty. Mbufs the caller does not take
+    /// from the iterator are freed when it is dropped (like `Vec::drain`).
+    #[inline(always)]
+    pub fn drain(&mut self) -> Drain<'_> {
         let n = std::mem::take(&mut self.len);
-        // SAFETY: pkts[..n] are valid mbufs we own; len is reset first so none is yielded twice
-        // or freed by Drop.
-        self.pkts[..n].iter().map(|&p| unsafe { Mbuf::from_raw(p) })
+        Drain {
+            pkts: &self.pkts[..n],
+            pos: 0,
+        }
+    }
+
+    /// Frees every mbuf held.
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        drop(self.drain());
+    }
+}
+
+/// Iterator returned by [`Burst::drain`]; frees the mbufs not taken when dropped.
+#[derive(Debug)]
+pub struct Drain<'a> {
+    pkts: &'a [*mut sys::rte_mbuf],
+    pos: usize,
+}
+
+impl Iterator for Drain<'_> {
+    type Item = Mbuf;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Mbuf> {
+        let p = *self.pkts.get(self.pos)?;
+        self.pos += 1;
+        // SAFETY: pkts[..n] were valid mbufs owned by the burst, whose length was reset to 0
+        // before this iterator was made; each is yielded at most once (pos only grows).
+        Some(unsafe { Mbuf::from_raw(p) })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.pkts.len() - self.pos;
+        (n, Some(n))
+    }
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        for m in self.by_ref() {
+            drop(m);
+        }
     }
 }
 
 impl Drop for Burst {
     fn drop(&mut self) {
-        for m in self.drain() {
-            drop(m);
-        }
+        self.clear();
     }
 }
 
@@ -689,7 +754,7 @@ impl RxQueue<'_> {
     /// Receives up to `max` packets into `burst` (replacing its content). Returns how many.
     #[inline(always)]
     pub fn recv(&mut self, burst: &mut Burst, max: u16) -> usize {
-        drop(burst.drain());
+        burst.clear();
         let max = max.min(Burst::CAP as u16);
         // SAFETY: the queue was set up and the port started (Port::start precedes handing out
         // queues to workers; Port's drop waits for workers, see Eal::run); `pkts` has room for
@@ -744,6 +809,8 @@ pub struct TxResult {
     pub sent_bytes: u64,
     /// Packets the driver refused (ring full), freed.
     pub dropped: u32,
+    /// Bytes of the refused packets.
+    pub dropped_bytes: u64,
 }
 
 impl TxResult {
@@ -751,6 +818,7 @@ impl TxResult {
         self.sent += o.sent;
         self.sent_bytes += o.sent_bytes;
         self.dropped += o.dropped;
+        self.dropped_bytes += o.dropped_bytes;
     }
 }
 
@@ -772,9 +840,14 @@ impl TxQueue<'_> {
         }
     }
 
-    /// Buffers a whole burst, flushing as needed.
+    /// Transmits a whole burst: straight from the burst's array when nothing is buffered and the
+    /// burst reaches the threshold (no copy), else through the buffer.
     #[inline(always)]
     pub fn push_burst(&mut self, burst: &mut Burst) -> TxResult {
+        if self.len == 0 && burst.len >= self.threshold {
+            let n = std::mem::take(&mut burst.len);
+            return self.transmit(&mut burst.pkts[..n]);
+        }
         let mut r = TxResult::default();
         for m in burst.drain() {
             r.add(self.push(m));
@@ -790,35 +863,46 @@ impl TxQueue<'_> {
     /// Hands the buffered packets to the driver; frees (and counts) those it refuses.
     #[inline(always)]
     pub fn flush(&mut self) -> TxResult {
-        if self.len == 0 {
-            return TxResult::default();
+        let n = std::mem::take(&mut self.len);
+        let (port, queue) = (self.port, self.queue);
+        transmit(port, queue, &mut self.buf[..n])
+    }
+
+    #[inline(always)]
+    fn transmit(&mut self, pkts: &mut [*mut sys::rte_mbuf]) -> TxResult {
+        transmit(self.port, self.queue, pkts)
+    }
+}
+
+/// Transmits `pkts` (owned mbufs; ownership passes to this call) on a tx queue; frees those the
+/// driver refuses.
+#[inline(always)]
+fn transmit(port: PortId, queue: QueueId, pkts: &mut [*mut sys::rte_mbuf]) -> TxResult {
+    if pkts.is_empty() {
+        return TxResult::default();
+    }
+    let mut bytes = 0u64;
+    for &m in pkts.iter() {
+        // SAFETY: the caller passes valid mbufs it owns.
+        bytes += u64::from(unsafe { (*m).pkt_len });
+    }
+    let n = u16::try_from(pkts.len()).unwrap_or(u16::MAX);
+    // SAFETY: the queue is set up on a started port and used by this lcore only (TxQueue is
+    // !Sync and unique); pkts[..n] are owned mbufs; the driver takes the first `sent`.
+    let sent = usize::from(unsafe { sys::rte_eth_tx_burst(port.0, queue.0, pkts.as_mut_ptr(), n) });
+    let mut unsent_bytes = 0u64;
+    for &m in &pkts[sent..] {
+        // SAFETY: the driver did not take these; we still own them and free each once.
+        unsafe {
+            unsent_bytes += u64::from((*m).pkt_len);
+            sys::rte_pktmbuf_free(m);
         }
-        let mut bytes = 0u64;
-        for &m in &self.buf[..self.len] {
-            // SAFETY: buf[..len] are valid mbufs we own.
-            bytes += u64::from(unsafe { (*m).pkt_len });
-        }
-        let n = u16::try_from(self.len).unwrap_or(u16::MAX);
-        // SAFETY: the queue is set up on a started port; buf[..n] are mbufs we own. The driver
-        // takes ownership of the first `sent` of them.
-        let sent = usize::from(unsafe {
-            sys::rte_eth_tx_burst(self.port.0, self.queue.0, self.buf.as_mut_ptr(), n)
-        });
-        let mut unsent_bytes = 0u64;
-        for &m in &self.buf[sent..self.len] {
-            // SAFETY: the driver did not take these; we still own them and free them once.
-            unsafe {
-                unsent_bytes += u64::from((*m).pkt_len);
-                sys::rte_pktmbuf_free(m);
-            }
-        }
-        let dropped = self.len - sent;
-        self.len = 0;
-        TxResult {
-            sent: u32::try_from(sent).unwrap_or(u32::MAX),
-            sent_bytes: bytes - unsent_bytes,
-            dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
-        }
+    }
+    TxResult {
+        sent: u32::try_from(sent).unwrap_or(u32::MAX),
+        sent_bytes: bytes - unsent_bytes,
+        dropped: u32::try_from(pkts.len() - sent).unwrap_or(u32::MAX),
+        dropped_bytes: unsent_bytes,
     }
 }
 
@@ -955,15 +1039,16 @@ impl<'pool> Port<'pool> {
             )));
         }
         let rss_hf = dev.flow_type_rss_offloads & RSS_IPV4_TCP;
-        let rss =
-            match setup.rss {
-                Some(false) => false,
-                None => setup.rx_queues > 1 && rss_hf != 0,
-                Some(true) if rss_hf == 0 => return Err(cap(format!(
+        let rss = match setup.rss {
+            Some(false) => false,
+            None => setup.rx_queues > 1 && rss_hf != 0,
+            Some(true) if rss_hf == 0 => {
+                return Err(cap(format!(
                     "rss = \"on\" but the {driver} driver has no IPv4/TCP RSS; set rss = \"auto\""
-                ))),
-                Some(true) => true,
-            };
+                )))
+            }
+            Some(true) => true,
+        };
         let mut conf: sys::rte_eth_conf = Default::default();
         if rss {
             conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
