@@ -677,6 +677,23 @@ impl Config {
             if !lcores.insert(w.lcore) {
                 return err(&k, format!("lcore {} is given to two workers", w.lcore));
             }
+            if w.rx.is_none() {
+                for port in 0..self.ports.len() {
+                    let a = RxAssignment {
+                        port,
+                        queue: u16::try_from(i).unwrap_or(u16::MAX),
+                    };
+                    if let Some(other) = polled.insert(a, i) {
+                        return err(
+                            &format!("worker[{i}].rx"),
+                            format!(
+                                "the default mapping (queue {i} of every port) collides with worker[{other}], which polls `{}:{i}`; list this worker's queues in `rx`",
+                                self.ports[port].name
+                            ),
+                        );
+                    }
+                }
+            }
             if let Some(list) = &w.rx {
                 if list.is_empty() {
                     return err(

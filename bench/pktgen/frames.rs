@@ -29,7 +29,7 @@ fn csum_fold(mut sum: u32) -> u16 {
 fn payload_byte(seq: u64, i: usize) -> u8 {
     let x = seq
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        .wrapping_add(i as u64 * 0x2545_f491_4f6c_dd1d);
+        .wrapping_add((i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
     (x >> 56) as u8
 }
 

@@ -152,6 +152,12 @@ pub fn gen(a: &GenArgs) -> Res<()> {
     Ok(())
 }
 
+/// Seconds to TSC ticks (negative or invalid durations count as 0).
+fn secs_to_tsc(s: f64, hz: u64) -> u64 {
+    let ns = Duration::try_from_secs_f64(s).unwrap_or_default().as_nanos();
+    u64::try_from(ns * u128::from(hz) / 1_000_000_000).unwrap_or(u64::MAX)
+}
+
 fn run_rate(
     a: &GenArgs,
     pool: &Mempool<'_>,
@@ -166,14 +172,14 @@ fn run_rate(
     let mut template = vec![0u8; len];
     frames::build(&mut template, len, 0, 1000);
     let hz = tsc_hz();
-    let warm_end = rdtsc() + (a.warmup * hz as f64) as u64;
+    let warm_end = rdtsc() + secs_to_tsc(a.warmup, hz);
     let mut burst = Burst::default();
     let mut rx = Burst::default();
     let mut r = GenResult::default();
     let mut seq = 0u64;
     let mut measuring = false;
     let mut start = 0u64;
-    let end = warm_end + (a.duration * hz as f64) as u64;
+    let end = warm_end + secs_to_tsc(a.duration, hz);
     txa.set_threshold(32);
     let mut i = 0u32;
     loop {

@@ -524,8 +524,8 @@ impl Mbuf {
     /// `raw` must be a valid mbuf to which the caller owns one reference, not used afterwards.
     #[inline(always)]
     unsafe fn from_raw(raw: *mut sys::rte_mbuf) -> Mbuf {
-        // SAFETY: the caller guarantees non-null.
         Mbuf {
+            // SAFETY: the caller guarantees a valid (so non-null) mbuf.
             raw: unsafe { NonNull::new_unchecked(raw) },
         }
     }
@@ -1075,7 +1075,8 @@ impl<'pool> Port<'pool> {
         }
         // SAFETY: plain call on a valid port.
         let socket = unsafe { sys::rte_eth_dev_socket_id(p) };
-        let socket = c_uint::try_from(socket).unwrap_or(sys::SOCKET_ID_ANY as c_uint);
+        // SOCKET_ID_ANY (-1) reinterpreted as unsigned, as DPDK's own callers pass it.
+        let socket = c_uint::try_from(socket).unwrap_or(c_uint::MAX);
         for q in 0..setup.rx_queues {
             // SAFETY: the port is configured with rx_queues queues; NULL rxconf means the driver's
             // defaults; the pool outlives the port ('pool borrow).

@@ -1,0 +1,255 @@
+//! Helpers for the privileged end-to-end tests: root check, network namespaces and veths that
+//! are removed on drop (also when a test fails), and a proxy process that is stopped on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Fails the test (it does not skip) when not root: these tests are part of the suite.
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|r| r.split_whitespace().next().unwrap_or("").to_owned())
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "this test needs root (network namespaces, hugepages, DPDK): run `sudo scripts/test.sh`"
+    );
+}
+
+/// Runs a command, returning its output; panics with the command line if it cannot start.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} {args:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+#[track_caller]
+pub fn must(cmd: &str, args: &[&str]) -> String {
+    let o = run(cmd, args);
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop (with the veth ends inside it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        let _ = run("ip", &["netns", "del", name]);
+        must("ip", &["netns", "add", name]);
+        must("ip", &["-n", name, "link", "set", "lo", "up"]);
+        Netns {
+            name: name.to_owned(),
+        }
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut v = vec!["netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        run("ip", &v)
+    }
+
+    /// Spawns a command inside the namespace.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn in netns")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair: `host` stays in the root namespace (for an af_packet port), the peer becomes
+/// `eth0` in `ns` with `addr` (CIDR). Offloads are off on both ends, so af_packet sees full
+/// checksums and no GSO/GRO super-frames.
+pub struct Veth {
+    pub host: String,
+}
+
+impl Veth {
+    pub fn new(host: &str, ns: &Netns, addr: &str) -> Veth {
+        let _ = run("ip", &["link", "del", host]);
+        let peer = format!("{host}p");
+        must(
+            "ip",
+            &["link", "add", host, "type", "veth", "peer", "name", &peer],
+        );
+        let v = Veth {
+            host: host.to_owned(),
+        };
+        must("ip", &["link", "set", &peer, "netns", &ns.name]);
+        must(
+            "ip",
+            &["-n", &ns.name, "link", "set", &peer, "name", "eth0"],
+        );
+        must("ip", &["-n", &ns.name, "addr", "add", addr, "dev", "eth0"]);
+        let _ = run(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{host}.disable_ipv6=1")],
+        );
+        must("ip", &["link", "set", host, "up"]);
+        must("ip", &["-n", &ns.name, "link", "set", "eth0", "up"]);
+        for (dev, in_ns) in [(host, false), ("eth0", true)] {
+            let args = [
+                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ];
+            let o = if in_ns {
+                ns.exec(&[&["ethtool"][..], &args[..]].concat())
+            } else {
+                run("ethtool", &args)
+            };
+            assert!(
+                o.status.success(),
+                "ethtool {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = run("ip", &["link", "del", &self.host]);
+    }
+}
+
+/// A running `tsmp-proxy`, stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Proxy {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub output: Vec<String>,
+}
+
+impl Proxy {
+    /// Starts the proxy with `config` and waits until it forwards.
+    pub fn start(config: &Path, extra: &[&str]) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tsmp-proxy"))
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tsmp-proxy");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        let mut p = Proxy {
+            child,
+            lines,
+            output: Vec::new(),
+        };
+        p.wait_for("forwarding", Duration::from_secs(30));
+        p
+    }
+
+    /// Waits for an output line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => {
+                    self.output.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "tsmp-proxy did not print {needle:?} in time; output so far:\n{}",
+                    self.output.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for a clean exit and returns all output.
+    pub fn stop(mut self) -> String {
+        let _ = run("kill", &["-TERM", &self.child.id().to_string()]);
+        let status = self.child.wait().expect("wait tsmp-proxy");
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            self.output.push(l);
+        }
+        let out = self.output.join("\n");
+        assert!(status.success(), "tsmp-proxy exited with {status}:\n{out}");
+        out
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = run("kill", &["-TERM", &self.child.id().to_string()]);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("tsmp-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A short unique suffix for interface names (IFNAMSIZ is 16).
+pub fn tag() -> String {
+    format!("{}", std::process::id() % 100_000)
+}
