@@ -112,3 +112,33 @@ fn kernel_ping_and_tcp_cross_af_packet_passthrough() {
     );
     drop((vc, vs, client, server));
 }
+
+#[test]
+fn missing_interface_is_a_clear_error_not_a_crash() {
+    common::require_root();
+    let dir = TempDir::new("noif");
+    let cfg = dir.0.join("proxy.toml");
+    let default = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dpdk-config/default.toml"
+    ))
+    .unwrap();
+    let text = default
+        .replace("iface=tsmp-c0", "iface=tsmp-nonexist")
+        .replace(
+            "file_prefix = \"tsmp\"",
+            &format!("file_prefix = \"tsmpn{}\"", common::tag()),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let out = common::run(
+        env!("CARGO_BIN_EXE_tsmp-proxy"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tsmp-proxy: error: virtual device `net_af_packet0,iface=tsmp-nonexist"),
+        "{err}"
+    );
+    assert!(err.contains("does the `iface=` interface exist"), "{err}");
+}

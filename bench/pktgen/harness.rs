@@ -154,7 +154,9 @@ pub fn gen(a: &GenArgs) -> Res<()> {
 
 /// Seconds to TSC ticks (negative or invalid durations count as 0).
 fn secs_to_tsc(s: f64, hz: u64) -> u64 {
-    let ns = Duration::try_from_secs_f64(s).unwrap_or_default().as_nanos();
+    let ns = Duration::try_from_secs_f64(s)
+        .unwrap_or_default()
+        .as_nanos();
     u64::try_from(ns * u128::from(hz) / 1_000_000_000).unwrap_or(u64::MAX)
 }
 
