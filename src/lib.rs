@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod stats;
+pub mod wire;
 
 #[cfg(feature = "dpdk")]
 pub mod app;
