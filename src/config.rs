@@ -69,6 +69,69 @@ pub struct Config {
     /// Slow-path thread and control plane endpoints.
     #[serde(default)]
     pub control: ControlConfig,
+    /// Source-NAT pool for the server-side sub-connections (proxy mode).
+    #[serde(default)]
+    pub snat: SnatConfig,
+}
+
+/// The local addresses and ports the appliance uses toward servers.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SnatConfig {
+    /// Addresses on the server-side subnet (the appliance answers ARP for them).
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Addr>,
+    /// Lowest source port.
+    #[serde(default = "default_snat_port_min")]
+    pub port_min: u16,
+    /// Highest source port.
+    #[serde(default = "default_snat_port_max")]
+    pub port_max: u16,
+}
+
+fn default_snat_port_min() -> u16 {
+    1024
+}
+fn default_snat_port_max() -> u16 {
+    65535
+}
+fn default_mss_clamp() -> u16 {
+    1400
+}
+fn default_timeout_syn() -> u32 {
+    10
+}
+fn default_timeout_established() -> u32 {
+    7200
+}
+fn default_timeout_fin() -> u32 {
+    60
+}
+fn default_timeout_close() -> u32 {
+    5
+}
+fn default_timeout_jitter() -> u32 {
+    500
+}
+fn default_max_neighbours() -> u32 {
+    4096
+}
+
+/// Parses `a.b.c.d/len` into address and prefix length.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not CIDR like 198.18.0.254/24"))?;
+    let addr: Ipv4Addr = a
+        .parse()
+        .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+    let len: u8 = l
+        .parse()
+        .map_err(|_| format!("prefix length `{l}` is not a number"))?;
+    if !(8..=32).contains(&len) {
+        return Err(format!("prefix length {len} is outside 8..=32"));
+    }
+    Ok((addr, len))
 }
 
 /// EAL settings. The lcore list is derived from `main_lcore` and the workers.
@@ -122,6 +185,13 @@ pub struct PortConfig {
     /// MTU to set; the driver's default when absent.
     #[serde(default)]
     pub mtu: Option<u16>,
+    /// The appliance's own address on this port's subnet, as CIDR (`198.18.0.254/24`). Proxy
+    /// mode answers ARP and ping for it and resolves neighbours on this subnet.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// Next hop for destinations outside `ip`'s subnet.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// Receive-side scaling policy for a port.
@@ -175,6 +245,16 @@ pub struct DataplaneConfig {
     /// Maximum time a packet waits in a partly filled tx buffer, in microseconds.
     #[serde(default = "default_drain_us")]
     pub drain_us: u32,
+    /// Proxy mode: the port facing the clients (VIPs live there).
+    #[serde(default)]
+    pub client_port: Option<String>,
+    /// Proxy mode: the port facing the servers (SNAT addresses live there).
+    #[serde(default)]
+    pub server_port: Option<String>,
+    /// MSS written into clients' SYNs when theirs is larger (so any later device can take the
+    /// stream); 0 leaves it alone.
+    #[serde(default = "default_mss_clamp")]
+    pub mss_clamp: u16,
 }
 
 impl Default for DataplaneConfig {
@@ -183,6 +263,9 @@ impl Default for DataplaneConfig {
             mode: Mode::default(),
             burst: default_burst(),
             drain_us: default_drain_us(),
+            client_port: None,
+            server_port: None,
+            mss_clamp: default_mss_clamp(),
         }
     }
 }
@@ -229,6 +312,24 @@ pub struct LimitsConfig {
     /// How long a migration may take from request to resumption, in milliseconds.
     #[serde(default = "default_migration_deadline_ms")]
     pub migration_deadline_ms: u32,
+    /// Idle timeout of a flow whose handshake has not completed, in seconds.
+    #[serde(default = "default_timeout_syn")]
+    pub timeout_syn_s: u32,
+    /// Idle timeout of an established flow, in seconds.
+    #[serde(default = "default_timeout_established")]
+    pub timeout_established_s: u32,
+    /// Idle timeout once a FIN was seen, in seconds.
+    #[serde(default = "default_timeout_fin")]
+    pub timeout_fin_s: u32,
+    /// How long a flow stays after both FINs were acknowledged (or after a RST), in seconds.
+    #[serde(default = "default_timeout_close")]
+    pub timeout_close_s: u32,
+    /// Random extra delay added to each timeout, up to this many milliseconds (spreads expiry).
+    #[serde(default = "default_timeout_jitter")]
+    pub timeout_jitter_ms: u32,
+    /// Neighbour (ARP) entries per worker.
+    #[serde(default = "default_max_neighbours")]
+    pub max_neighbours: u32,
 }
 
 impl Default for LimitsConfig {
@@ -239,6 +340,12 @@ impl Default for LimitsConfig {
             worker_cache_bytes: default_worker_cache(),
             handoff_ring: default_handoff_ring(),
             migration_deadline_ms: default_migration_deadline_ms(),
+            timeout_syn_s: default_timeout_syn(),
+            timeout_established_s: default_timeout_established(),
+            timeout_fin_s: default_timeout_fin(),
+            timeout_close_s: default_timeout_close(),
+            timeout_jitter_ms: default_timeout_jitter(),
+            max_neighbours: default_max_neighbours(),
         }
     }
 }
