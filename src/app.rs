@@ -13,8 +13,10 @@ use serde::Serialize;
 
 use crate::config::{Config, Mode, RssMode};
 use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
+use crate::proxy::ProxyCore;
+use crate::stats::{ProxyCounters, ProxySnapshot};
 use crate::stats::{WorkerCounters, WorkerSnapshot};
-use crate::worker::{Passthrough, RxPath};
+use crate::worker::{HandoffRings, NeighbourRings, Passthrough, ProxyWorker, RxPath};
 
 /// Options that are not part of the configuration file.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +34,9 @@ pub struct FinalStats {
     pub ports: Vec<PortReport>,
     /// Per worker: lcore and counters.
     pub workers: Vec<WorkerReport>,
+    /// Proxy-mode counters per worker (absent in pass-through mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxy: Vec<ProxySnapshot>,
     /// Mempool in use at exit (after ports stopped this should return to 0).
     pub mempool_in_use: u32,
     /// TSC frequency, for converting cycles.
@@ -71,9 +76,9 @@ pub enum AppError {
     /// DPDK refused something.
     #[error(transparent)]
     Dpdk(#[from] dpdk::Error),
-    /// The requested mode is not built into this binary yet.
-    #[error("dataplane.mode = \"proxy\" is not available in this build; use \"passthrough\"")]
-    ModeUnavailable,
+    /// The proxy logic refused the configuration.
+    #[error("proxy configuration: {0}")]
+    Proxy(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -95,9 +100,6 @@ fn rss_policy(r: RssMode) -> Option<bool> {
 /// # Errors
 /// Start-up failed (see [`AppError`]); nothing is left running.
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
-    if cfg.dataplane.mode == Mode::Proxy {
-        return Err(AppError::ModeUnavailable);
-    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(AppError::Signals)?;
@@ -154,30 +156,73 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     let hz = eal.tsc_hz();
     let drain_tsc = hz / 1_000_000 * u64::from(cfg.dataplane.drain_us);
     let assignments = cfg.rx_assignments();
+    let proxy_counters: Vec<ProxyCounters> = cfg
+        .workers
+        .iter()
+        .map(|_| ProxyCounters::default())
+        .collect();
+    let nw = cfg.workers.len();
+    let ring = cfg.limits.handoff_ring as usize;
+    let handoff: HandoffRings = (0..nw)
+        .map(|_| Arc::new(crossbeam_queue::ArrayQueue::new(ring)))
+        .collect();
+    let neighbours: NeighbourRings = (0..nw)
+        .map(|_| Arc::new(crossbeam_queue::ArrayQueue::new(1024)))
+        .collect();
+    let macs: Vec<[u8; 6]> = ports.iter().map(|p| p.info().mac).collect();
+    let port_ids: Vec<dpdk::PortId> = ports.iter().map(Port::id).collect();
+    let hasher = std::collections::hash_map::RandomState::new();
     let mut jobs: Vec<(LcoreId, Box<dyn FnOnce() + Send + '_>)> = Vec::new();
     for (i, w) in cfg.workers.iter().enumerate() {
         let qi = u16::try_from(i).unwrap_or(u16::MAX);
-        let mut rx = Vec::new();
-        for a in &assignments[i] {
-            // Pass-through: a frame from port 0 leaves on port 1 and vice versa.
-            rx.push(RxPath {
-                rx: ports[a.port].rx_queue(a.queue)?,
-                out: 1 - a.port,
-            });
-        }
         let tx = ports
             .iter()
             .map(|p| p.tx_queue(qi))
             .collect::<Result<Vec<_>, _>>()?;
-        let fwd = Passthrough {
-            rx,
-            tx,
-            burst: cfg.dataplane.burst,
-            drain_tsc,
-        };
         let stop = &*stop;
         let c = &counters[i];
-        jobs.push((LcoreId(w.lcore), Box::new(move || fwd.run(stop, c))));
+        match cfg.dataplane.mode {
+            Mode::Passthrough => {
+                let mut rx = Vec::new();
+                for a in &assignments[i] {
+                    // Pass-through: a frame from port 0 leaves on port 1 and vice versa.
+                    rx.push(RxPath {
+                        rx: ports[a.port].rx_queue(a.queue)?,
+                        out: 1 - a.port,
+                    });
+                }
+                let fwd = Passthrough {
+                    rx,
+                    tx,
+                    burst: cfg.dataplane.burst,
+                    drain_tsc,
+                };
+                jobs.push((LcoreId(w.lcore), Box::new(move || fwd.run(stop, c))));
+            }
+            Mode::Proxy => {
+                let mut rx = Vec::new();
+                for a in &assignments[i] {
+                    rx.push((ports[a.port].rx_queue(a.queue)?, a.port));
+                }
+                let core = ProxyCore::new(cfg, i, nw, &macs, hasher.clone(), 0)
+                    .map_err(AppError::Proxy)?;
+                let pw = ProxyWorker {
+                    core,
+                    rx,
+                    tx,
+                    port_ids: port_ids.clone(),
+                    pool: &pool,
+                    index: i,
+                    handoff: handoff.clone(),
+                    neighbours: neighbours.clone(),
+                    burst: cfg.dataplane.burst,
+                    drain_tsc,
+                    tsc_per_ms: hz / 1000,
+                };
+                let pc = &proxy_counters[i];
+                jobs.push((LcoreId(w.lcore), Box::new(move || pw.run(stop, c, pc))));
+            }
+        }
         println!(
             "worker {i} lcore {} polls {:?}",
             w.lcore,
@@ -251,6 +296,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                 }
             })
             .collect(),
+        proxy: if cfg.dataplane.mode == Mode::Proxy {
+            proxy_counters.iter().map(ProxyCounters::snapshot).collect()
+        } else {
+            Vec::new()
+        },
         mempool_in_use: pool.in_use(),
         tsc_hz: hz,
     };
@@ -270,11 +320,18 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             w.cycles_per_packet
         );
     }
+    for (i, p) in report.proxy.iter().enumerate() {
+        println!(
+            "worker {i} proxy: flows created={} closed={} active={} handoffs out={} in={} arp replies={} requests={} drops={:?}",
+            p.flows_created, p.flows_closed, p.flows_active, p.handoffs_out, p.handoffs_in, p.arp_replies, p.arp_requests, p.drops
+        );
+    }
     if let Some(path) = &opts.stats_json {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         std::fs::write(path, text)
             .map_err(|e| AppError::StatsFile(path.display().to_string(), e))?;
     }
+    drop(handoff);
     drop(ports);
     drop(pool);
     drop(eal);

@@ -285,8 +285,12 @@ pub enum Mode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// The lcore (CPU) EAL pins this worker to.
+    /// The lcore id EAL gives this worker.
     pub lcore: u32,
+    /// The CPU the lcore's thread is pinned to (default: the lcore id). Several workers may share
+    /// one CPU for functional tests on small machines (throughput then suffers).
+    #[serde(default)]
+    pub cpu: Option<u32>,
     /// Rx queues this worker polls, as `"port:queue"`. When absent, worker `i` polls queue `i` of
     /// every port. Each worker transmits on its own tx queue (its index) of every port.
     #[serde(default)]
@@ -525,11 +529,14 @@ impl Config {
     /// the DPDK layer probes them one by one so that a missing device gets its own error.
     pub fn eal_args(&self) -> Vec<String> {
         let e = &self.eal;
-        let mut lcores = vec![e.main_lcore];
-        lcores.extend(self.workers.iter().map(|w| w.lcore));
-        let lcores: Vec<String> = lcores.iter().map(u32::to_string).collect();
+        let mut lcores = vec![format!("{}@{}", e.main_lcore, e.main_lcore)];
+        lcores.extend(
+            self.workers
+                .iter()
+                .map(|w| format!("{}@{}", w.lcore, w.cpu.unwrap_or(w.lcore))),
+        );
         let mut args = vec![
-            "-l".to_owned(),
+            "--lcores".to_owned(),
             lcores.join(","),
             "--main-lcore".to_owned(),
             e.main_lcore.to_string(),

@@ -95,3 +95,143 @@ impl WorkerCounters {
         }
     }
 }
+
+/// Proxy-mode counters of one worker (same discipline as [`WorkerCounters`]: one writer, relaxed
+/// atomics, own cache lines).
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct ProxyCounters {
+    drops: [AtomicU64; crate::proxy::CAUSES],
+    flows_created: AtomicU64,
+    flows_closed: AtomicU64,
+    flows_active: AtomicU64,
+    flow_capacity: AtomicU64,
+    handoffs_out: AtomicU64,
+    handoffs_in: AtomicU64,
+    handoff_ring_full: AtomicU64,
+    arp_replies: AtomicU64,
+    arp_requests: AtomicU64,
+    icmp_echo_replies: AtomicU64,
+    mss_clamped: AtomicU64,
+    snat_ports_free: AtomicU64,
+    mempool_exhausted: AtomicU64,
+}
+
+impl Default for ProxyCounters {
+    fn default() -> Self {
+        ProxyCounters {
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            flows_created: AtomicU64::new(0),
+            flows_closed: AtomicU64::new(0),
+            flows_active: AtomicU64::new(0),
+            flow_capacity: AtomicU64::new(0),
+            handoffs_out: AtomicU64::new(0),
+            handoffs_in: AtomicU64::new(0),
+            handoff_ring_full: AtomicU64::new(0),
+            arp_replies: AtomicU64::new(0),
+            arp_requests: AtomicU64::new(0),
+            icmp_echo_replies: AtomicU64::new(0),
+            mss_clamped: AtomicU64::new(0),
+            snat_ports_free: AtomicU64::new(0),
+            mempool_exhausted: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A plain copy of [`ProxyCounters`].
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ProxySnapshot {
+    /// Drops by cause (only non-zero ones).
+    pub drops: std::collections::BTreeMap<&'static str, u64>,
+    /// Flows created.
+    pub flows_created: u64,
+    /// Flows removed.
+    pub flows_closed: u64,
+    /// Flows in the table.
+    pub flows_active: u64,
+    /// Flow-table capacity.
+    pub flow_capacity: u64,
+    /// Frames handed to another worker.
+    pub handoffs_out: u64,
+    /// Frames received from other workers.
+    pub handoffs_in: u64,
+    /// Frames dropped because a hand-off ring was full.
+    pub handoff_ring_full: u64,
+    /// ARP requests answered.
+    pub arp_replies: u64,
+    /// ARP requests sent.
+    pub arp_requests: u64,
+    /// Pings answered.
+    pub icmp_echo_replies: u64,
+    /// SYNs whose MSS was lowered.
+    pub mss_clamped: u64,
+    /// SNAT ports free in this worker's pool.
+    pub snat_ports_free: u64,
+    /// Frames the worker could not build for lack of mbufs.
+    pub mempool_exhausted: u64,
+}
+
+/// Values a proxy worker publishes, besides the core's own statistics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyExtra {
+    /// Flows in the table.
+    pub flows_active: u64,
+    /// Flow-table capacity.
+    pub flow_capacity: u64,
+    /// Frames received from other workers.
+    pub handoffs_in: u64,
+    /// Hand-off ring full.
+    pub handoff_ring_full: u64,
+    /// SNAT ports free.
+    pub snat_ports_free: u64,
+    /// Mbuf allocation failures.
+    pub mempool_exhausted: u64,
+}
+
+impl ProxyCounters {
+    /// Publishes (owning worker only).
+    pub fn publish(&self, s: &crate::proxy::ProxyStats, x: &ProxyExtra) {
+        for (a, v) in self.drops.iter().zip(s.drops.iter()) {
+            a.store(*v, Relaxed);
+        }
+        self.flows_created.store(s.flows_created, Relaxed);
+        self.flows_closed.store(s.flows_closed, Relaxed);
+        self.handoffs_out.store(s.handoffs, Relaxed);
+        self.arp_replies.store(s.arp_replies, Relaxed);
+        self.arp_requests.store(s.arp_requests, Relaxed);
+        self.icmp_echo_replies.store(s.icmp_echo_replies, Relaxed);
+        self.mss_clamped.store(s.mss_clamped, Relaxed);
+        self.flows_active.store(x.flows_active, Relaxed);
+        self.flow_capacity.store(x.flow_capacity, Relaxed);
+        self.handoffs_in.store(x.handoffs_in, Relaxed);
+        self.handoff_ring_full.store(x.handoff_ring_full, Relaxed);
+        self.snat_ports_free.store(x.snat_ports_free, Relaxed);
+        self.mempool_exhausted.store(x.mempool_exhausted, Relaxed);
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> ProxySnapshot {
+        let names = crate::proxy::Cause::names();
+        ProxySnapshot {
+            drops: names
+                .iter()
+                .zip(self.drops.iter())
+                .map(|(n, v)| (*n, v.load(Relaxed)))
+                .filter(|(_, v)| *v > 0)
+                .collect(),
+            flows_created: self.flows_created.load(Relaxed),
+            flows_closed: self.flows_closed.load(Relaxed),
+            flows_active: self.flows_active.load(Relaxed),
+            flow_capacity: self.flow_capacity.load(Relaxed),
+            handoffs_out: self.handoffs_out.load(Relaxed),
+            handoffs_in: self.handoffs_in.load(Relaxed),
+            handoff_ring_full: self.handoff_ring_full.load(Relaxed),
+            arp_replies: self.arp_replies.load(Relaxed),
+            arp_requests: self.arp_requests.load(Relaxed),
+            icmp_echo_replies: self.icmp_echo_replies.load(Relaxed),
+            mss_clamped: self.mss_clamped.load(Relaxed),
+            snat_ports_free: self.snat_ports_free.load(Relaxed),
+            mempool_exhausted: self.mempool_exhausted.load(Relaxed),
+        }
+    }
+}

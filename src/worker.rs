@@ -12,8 +12,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::dpdk::{rdtsc, Burst, RxQueue, TxQueue, TxResult};
-use crate::stats::{WorkerCounters, WorkerSnapshot};
+use crate::dpdk::{rdtsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, TxResult};
+use crate::proxy::{ProxyCore, Verdict};
+use crate::stats::{ProxyCounters, ProxyExtra, WorkerCounters, WorkerSnapshot};
 
 /// One rx queue and the index (into the worker's tx queues) of the port its packets leave on.
 #[derive(Debug)]
@@ -86,5 +87,168 @@ impl Passthrough<'_> {
             account(&mut s, t.flush());
         }
         counters.publish(&s);
+    }
+}
+
+/// Hand-off rings between workers: `rings[w]` carries frames to worker `w`.
+pub type HandoffRings = Vec<std::sync::Arc<crossbeam_queue::ArrayQueue<Mbuf>>>;
+/// Neighbour updates between workers: `rings[w]` carries (address, MAC) to worker `w`.
+pub type NeighbourRings = Vec<std::sync::Arc<crossbeam_queue::ArrayQueue<(u32, [u8; 6])>>>;
+
+/// Proxy-mode worker: drives a [`ProxyCore`] with mbufs.
+#[derive(Debug)]
+pub struct ProxyWorker<'p> {
+    /// The sans-IO logic.
+    pub core: ProxyCore,
+    /// Owned rx queues with their port index.
+    pub rx: Vec<(RxQueue<'p>, usize)>,
+    /// This worker's tx queue on each port (by port index).
+    pub tx: Vec<TxQueue<'p>>,
+    /// DPDK port id of each port index.
+    pub port_ids: Vec<crate::dpdk::PortId>,
+    /// Pool for frames the worker builds (ARP requests).
+    pub pool: &'p Mempool<'p>,
+    /// This worker's index.
+    pub index: usize,
+    /// Hand-off rings (by destination worker).
+    pub handoff: HandoffRings,
+    /// Neighbour rings (by destination worker).
+    pub neighbours: NeighbourRings,
+    /// Packets per rx burst.
+    pub burst: u16,
+    /// TSC ticks between tx flushes, counter publication and timer runs.
+    pub drain_tsc: u64,
+    /// TSC ticks per millisecond.
+    pub tsc_per_ms: u64,
+}
+
+impl ProxyWorker<'_> {
+    #[inline(always)]
+    fn handle(&mut self, mut m: Mbuf, port: usize, s: &mut WorkerSnapshot, x: &mut ProxyExtra) {
+        match self.core.process(port, m.data_mut()) {
+            Verdict::Tx(p) => account(s, self.tx[p].push(m)),
+            Verdict::HandOff(w) => {
+                if let Err(m) = self.handoff[w].push(m) {
+                    x.handoff_ring_full += 1;
+                    drop(m);
+                }
+            }
+            Verdict::Drop(_) => drop(m),
+        }
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(mut self, stop: &AtomicBool, counters: &WorkerCounters, proxy: &ProxyCounters) {
+        let mut s = WorkerSnapshot::default();
+        let mut x = ProxyExtra {
+            flow_capacity: self.core.flows.capacity() as u64,
+            ..ProxyExtra::default()
+        };
+        let mut burst = Burst::default();
+        for t in &mut self.tx {
+            t.set_threshold(usize::from(self.burst));
+        }
+        let tsc0 = rdtsc();
+        let mut last_drain = tsc0;
+        let tsc_per_ms = self.tsc_per_ms.max(1);
+        while !stop.load(Ordering::Relaxed) {
+            let now = rdtsc();
+            self.core.set_time(now.wrapping_sub(tsc0) / tsc_per_ms);
+            for i in 0..self.rx.len() {
+                s.polls += 1;
+                let t0 = rdtsc();
+                let port = self.rx[i].1;
+                let n = self.rx[i].0.recv(&mut burst, self.burst);
+                if n == 0 {
+                    continue;
+                }
+                s.busy_polls += 1;
+                s.rx_pkts += n as u64;
+                for j in 0..n {
+                    burst.prefetch(j + 1);
+                }
+                for m in burst.drain() {
+                    s.rx_bytes += u64::from(m.pkt_len());
+                    self.handle(m, port, &mut s, &mut x);
+                }
+                s.busy_cycles += rdtsc().wrapping_sub(t0);
+            }
+            // Frames other workers received for flows this worker owns.
+            let own = std::sync::Arc::clone(&self.handoff[self.index]);
+            for _ in 0..self.burst {
+                let Some(m) = own.pop() else { break };
+                x.handoffs_in += 1;
+                let pid = m.port();
+                let port = self
+                    .port_ids
+                    .iter()
+                    .position(|&p| p == pid)
+                    .unwrap_or(usize::MAX);
+                self.handle(m, port, &mut s, &mut x);
+            }
+            while let Some((ip, mac)) = self.neighbours[self.index].pop() {
+                self.core.learn(ip, mac);
+            }
+            if now.wrapping_sub(last_drain) >= self.drain_tsc {
+                self.housekeeping(&mut s, &mut x);
+                x.flows_active = self.core.flow_count() as u64;
+                x.snat_ports_free = self.core.snat_ports_free() as u64;
+                counters.publish(&s);
+                proxy.publish(&self.core.stats, &x);
+                last_drain = now;
+            }
+        }
+        for t in &mut self.tx {
+            account(&mut s, t.flush());
+        }
+        x.flows_active = self.core.flow_count() as u64;
+        counters.publish(&s);
+        proxy.publish(&self.core.stats, &x);
+    }
+
+    /// Between bursts: send ARP requests, share learned neighbours, flush tx, expire flows.
+    fn housekeeping(&mut self, s: &mut WorkerSnapshot, x: &mut ProxyExtra) {
+        let mut reqs = [(0usize, 0u32); 16];
+        let mut n = 0;
+        for r in self.core.take_arp_requests() {
+            if n < reqs.len() {
+                reqs[n] = r;
+                n += 1;
+            }
+        }
+        for &(port, ip) in &reqs[..n] {
+            let Some(mut m) = self.pool.alloc() else {
+                x.mempool_exhausted += 1;
+                continue;
+            };
+            if !m.set_len(60) {
+                continue;
+            }
+            m.data_mut().fill(0);
+            if self.core.build_arp_request(port, ip, m.data_mut()) > 0 {
+                account(s, self.tx[port].push(m));
+            }
+        }
+        let mut learned = [(0u32, [0u8; 6]); 16];
+        let mut k = 0;
+        for l in self.core.take_learned() {
+            if k < learned.len() {
+                learned[k] = l;
+                k += 1;
+            }
+        }
+        for (w, ring) in self.neighbours.iter().enumerate() {
+            if w != self.index {
+                for &l in &learned[..k] {
+                    let _ = ring.push(l);
+                }
+            }
+        }
+        for t in &mut self.tx {
+            if t.buffered() > 0 {
+                account(s, t.flush());
+            }
+        }
+        self.core.expire(64);
     }
 }

@@ -52,7 +52,10 @@ fn base_is_valid() {
     assert_eq!(c.rx_queues(0), 1);
     assert_eq!(c.tx_queues(), 1);
     let args = c.eal_args();
-    assert!(args.windows(2).any(|w| w == ["-l", "0,1"]), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w == ["--lcores", "0@0,1@1"]),
+        "{args:?}"
+    );
     assert!(args.contains(&"--no-pci".to_owned()));
 }
 

@@ -206,9 +206,11 @@ impl Eal {
     /// # Errors
     /// See [`Error`]; EAL's own log lines on stderr carry the details of an `EalInit` error.
     pub fn init(args: &[String]) -> Result<Eal, Error> {
-        if let Some(i) = args.iter().position(|a| a == "-l") {
+        if let Some(i) = args.iter().position(|a| a == "-l" || a == "--lcores") {
             for l in args.get(i + 1).map(String::as_str).unwrap_or("").split(',') {
-                if let Ok(lcore) = l.parse::<u32>() {
+                // `-l 0,1` names CPUs directly; `--lcores 2@1` pins lcore 2 to CPU 1.
+                let cpu = l.rsplit('@').next().unwrap_or(l);
+                if let Ok(lcore) = cpu.parse::<u32>() {
                     let (ok, online) = cpu_online(lcore);
                     if !ok {
                         return Err(Error::LcoreMissing { lcore, online });

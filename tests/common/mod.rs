@@ -253,3 +253,52 @@ impl Drop for TempDir {
 pub fn tag() -> String {
     format!("{}", std::process::id() % 100_000)
 }
+
+/// A TCP server for tests (python3, threaded): each connection sends a line `N SEED`, and gets
+/// `N` bytes of `random.Random(SEED).randbytes(N)`, then the server closes.
+pub const SEED_SERVER: &str = r#"
+import socket, sys, threading, random
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port)); s.listen(1024)
+def serve(c):
+    try:
+        f = c.makefile("rb"); n, seed = map(int, f.readline().split())
+        c.sendall(random.Random(seed).randbytes(n)); c.shutdown(socket.SHUT_WR)
+        c.recv(1)
+    except Exception as e:
+        print("server error", e, flush=True)
+    finally:
+        c.close()
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// The matching client: `ADDR PORT CONNS BYTES` opens CONNS concurrent connections, each asking
+/// for BYTES with its own seed, and checks the SHA-256 of what it received against the expected
+/// stream. Prints `ok CONNS` or the failures.
+pub const SEED_CLIENT: &str = r#"
+import socket, sys, threading, random, hashlib
+addr, port, conns, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+bad = []
+def run(i):
+    try:
+        c = socket.create_connection((addr, port), timeout=60)
+        c.sendall(b"%d %d\n" % (size, 1000 + i))
+        h = hashlib.sha256(); n = 0
+        while True:
+            b = c.recv(1 << 16)
+            if not b: break
+            h.update(b); n += len(b)
+        c.close()
+        want = hashlib.sha256(random.Random(1000 + i).randbytes(size)).hexdigest()
+        if n != size or h.hexdigest() != want:
+            bad.append((i, n))
+    except Exception as e:
+        bad.append((i, str(e)))
+ts = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("ok %d" % conns if not bad else "FAILED %r" % bad[:10])
+"#;

@@ -1,0 +1,379 @@
+//! The flow table of one worker: a slab of compact [`Flow`] entries, two keyed-hash index entries
+//! per flow (one per direction), and an intrusive timing wheel for idle timeouts.
+//!
+//! Invariants:
+//! - capacity is fixed at construction (slab, index and wheel are pre-allocated): inserting into
+//!   a full table fails and is counted by the caller; nothing allocates afterwards;
+//! - a live flow is in the index under exactly its two keys and in exactly one wheel slot;
+//! - the hash is keyed (SipHash with a per-process random key): tuples are chosen by peers.
+
+use std::collections::hash_map::RandomState;
+
+use hashbrown::HashMap;
+
+use crate::wire::SeqNumber;
+
+/// A directional 4-tuple as it appears in a packet (source first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// Source address.
+    pub src: u32,
+    /// Destination address.
+    pub dst: u32,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+}
+
+/// Connection tracking state (the proxy's view of both sub-connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TcpState {
+    /// The client's SYN was forwarded.
+    SynSent,
+    /// The server's SYN-ACK was forwarded.
+    SynRecv,
+    /// The client acknowledged the SYN-ACK.
+    Established,
+    /// At least one side sent a FIN.
+    FinWait,
+    /// Both FINs were sent and acknowledged.
+    TimeWait,
+    /// A RST was seen.
+    Closed,
+}
+
+impl TcpState {
+    /// Stable name for the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Closed => "CLOSED",
+        }
+    }
+}
+
+/// TCP options one side announced in its SYN (needed by migration: window scale, MSS, SACK, TS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LegOptions {
+    /// MSS announced (after clamping), 0 if absent.
+    pub mss: u16,
+    /// Window-scale shift, `None` if not offered.
+    pub wscale: Option<u8>,
+    /// SACK permitted.
+    pub sack: bool,
+    /// Timestamps offered.
+    pub ts: bool,
+}
+
+/// Flag bits of [`Flow::fin`].
+pub mod fin {
+    /// The client sent a FIN.
+    pub const CLIENT_SENT: u8 = 1;
+    /// The server sent a FIN.
+    pub const SERVER_SENT: u8 = 2;
+    /// The server acknowledged the client's FIN.
+    pub const CLIENT_ACKED: u8 = 4;
+    /// The client acknowledged the server's FIN.
+    pub const SERVER_ACKED: u8 = 8;
+}
+
+/// One spliced connection. Compact: see the size test.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    /// Client address and port.
+    pub client: (u32, u16),
+    /// Service address and port the client connected to.
+    pub vip: (u32, u16),
+    /// Backend address and port.
+    pub backend: (u32, u16),
+    /// Source-NAT address and port toward the backend.
+    pub snat: (u32, u16),
+    /// MAC the client's frames came from (client or its router): return traffic goes there.
+    pub client_mac: [u8; 6],
+    /// Tracking state.
+    pub state: TcpState,
+    /// FIN bits (see [`fin`]).
+    pub fin: u8,
+    /// Client's FIN sequence end (valid with `fin::CLIENT_SENT`).
+    pub client_fin_end: SeqNumber,
+    /// Server's FIN sequence end (valid with `fin::SERVER_SENT`).
+    pub server_fin_end: SeqNumber,
+    /// Client-side options.
+    pub client_opts: LegOptions,
+    /// Server-side options.
+    pub server_opts: LegOptions,
+    /// Expiry, in wheel ticks.
+    pub expires: u32,
+    /// Creation time, in wheel ticks.
+    pub created: u32,
+    /// Index of the service in the configuration.
+    pub service: u16,
+    /// The wheel slot this flow is linked in (`expires` may have moved since: updates are lazy).
+    slot: u16,
+    next: u32,
+    prev: u32,
+}
+
+const NIL: u32 = u32::MAX;
+
+/// Wheel granularity in milliseconds.
+pub const TICK_MS: u64 = 16;
+const SLOTS: usize = 4096;
+
+/// The slab, index and wheel.
+#[derive(Debug)]
+pub struct FlowTable {
+    flows: Vec<Flow>,
+    live: Vec<bool>,
+    free: Vec<u32>,
+    index: HashMap<Key, u32, RandomState>,
+    wheel: Vec<u32>,
+    wheel_tick: u32,
+    capacity: u32,
+}
+
+impl FlowTable {
+    /// A table for `capacity` flows; `hasher` must be shared by all workers (owner selection).
+    pub fn new(capacity: u32, hasher: RandomState) -> FlowTable {
+        let cap = capacity as usize;
+        let mut index = HashMap::with_hasher(hasher);
+        index.reserve(cap * 2);
+        FlowTable {
+            flows: Vec::with_capacity(cap),
+            live: Vec::with_capacity(cap),
+            free: (0..capacity).rev().collect(),
+            index,
+            wheel: vec![NIL; SLOTS],
+            wheel_tick: 0,
+            capacity,
+        }
+    }
+
+    /// Live flows.
+    pub fn len(&self) -> usize {
+        self.capacity as usize - self.free.len()
+    }
+
+    /// Whether the table holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Maximum number of flows.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Whether another flow fits.
+    pub fn has_room(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// The flow indexed by `k`.
+    #[inline]
+    pub fn lookup(&self, k: &Key) -> Option<u32> {
+        self.index.get(k).copied()
+    }
+
+    /// The flow at `idx`.
+    #[inline]
+    pub fn get(&self, idx: u32) -> &Flow {
+        &self.flows[idx as usize]
+    }
+
+    /// The flow at `idx`, mutably.
+    #[inline]
+    pub fn get_mut(&mut self, idx: u32) -> &mut Flow {
+        &mut self.flows[idx as usize]
+    }
+
+    /// Inserts a flow under its two keys and schedules it. `None` when full.
+    pub fn insert(&mut self, mut f: Flow, now: u32) -> Option<u32> {
+        let idx = self.free.pop()?;
+        f.next = NIL;
+        f.prev = NIL;
+        f.created = now;
+        let i = idx as usize;
+        if i == self.flows.len() {
+            self.flows.push(f);
+            self.live.push(true);
+        } else {
+            self.flows[i] = f;
+            self.live[i] = true;
+        }
+        self.index.insert(client_key(&f), idx);
+        self.index.insert(server_key(&f), idx);
+        self.link(idx);
+        Some(idx)
+    }
+
+    /// Removes a flow; returns it (its SNAT port goes back to the pool by the caller).
+    ///
+    /// Removing a flow that is not live is a caller bug; it is ignored (and asserted in tests).
+    pub fn remove(&mut self, idx: u32) -> Flow {
+        debug_assert!(self.live[idx as usize], "flow {idx} removed twice");
+        if !self.live[idx as usize] {
+            return self.flows[idx as usize];
+        }
+        self.unlink(idx);
+        let f = self.flows[idx as usize];
+        self.index.remove(&client_key(&f));
+        self.index.remove(&server_key(&f));
+        self.live[idx as usize] = false;
+        self.free.push(idx);
+        f
+    }
+
+    /// Moves a flow to the wheel slot of its (changed) `expires`.
+    pub fn reschedule(&mut self, idx: u32) {
+        self.unlink(idx);
+        self.link(idx);
+    }
+
+    fn link(&mut self, idx: u32) {
+        let slot = self.flows[idx as usize].expires as usize % SLOTS;
+        let head = self.wheel[slot];
+        {
+            let f = &mut self.flows[idx as usize];
+            f.prev = NIL;
+            f.next = head;
+            f.slot = slot as u16;
+        }
+        if head != NIL {
+            self.flows[head as usize].prev = idx;
+        }
+        self.wheel[slot] = idx;
+    }
+
+    fn unlink(&mut self, idx: u32) {
+        let (prev, next, slot) = {
+            let f = &self.flows[idx as usize];
+            (f.prev, f.next, usize::from(f.slot))
+        };
+        if prev == NIL {
+            if self.wheel[slot] == idx {
+                self.wheel[slot] = next;
+            }
+        } else {
+            self.flows[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.flows[next as usize].prev = prev;
+        }
+        let f = &mut self.flows[idx as usize];
+        f.next = NIL;
+        f.prev = NIL;
+    }
+
+    /// Advances the wheel to `now` (at most `max_slots` slots per call), calling `expire` for each
+    /// flow whose `expires` has passed (the callback removes it). Flows touched since they were
+    /// scheduled are moved to their new slot instead.
+    pub fn advance(
+        &mut self,
+        now: u32,
+        max_slots: u32,
+        mut expire: impl FnMut(&mut FlowTable, u32),
+    ) {
+        let mut n = 0;
+        while self.wheel_tick != now && n < max_slots {
+            self.wheel_tick = self.wheel_tick.wrapping_add(1);
+            n += 1;
+            let slot = self.wheel_tick as usize % SLOTS;
+            let mut cur = std::mem::replace(&mut self.wheel[slot], NIL);
+            while cur != NIL {
+                let next = self.flows[cur as usize].next;
+                self.flows[cur as usize].next = NIL;
+                self.flows[cur as usize].prev = NIL;
+                if next != NIL {
+                    self.flows[next as usize].prev = NIL;
+                }
+                let exp = self.flows[cur as usize].expires;
+                if i32::from_ne_bytes(exp.wrapping_sub(self.wheel_tick).to_ne_bytes()) <= 0 {
+                    // Still linked nowhere; link it so that `remove` can unlink it uniformly.
+                    self.link(cur);
+                    expire(self, cur);
+                } else {
+                    self.link(cur);
+                }
+                cur = next;
+            }
+        }
+    }
+
+    /// Starts the wheel at `now` (call once before the first insert).
+    pub fn start(&mut self, now: u32) {
+        self.wheel_tick = now;
+    }
+
+    /// Indices of live flows (for snapshots; not on the fast path).
+    pub fn live_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.live
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l)
+            .map(|(i, _)| i as u32)
+    }
+
+    /// The hasher (shared by all workers for owner selection).
+    pub fn hasher(&self) -> &RandomState {
+        self.index.hasher()
+    }
+}
+
+/// The key of the client -> VIP direction.
+pub fn client_key(f: &Flow) -> Key {
+    Key {
+        src: f.client.0,
+        dst: f.vip.0,
+        sport: f.client.1,
+        dport: f.vip.1,
+    }
+}
+
+/// The key of the backend -> SNAT direction.
+pub fn server_key(f: &Flow) -> Key {
+    Key {
+        src: f.backend.0,
+        dst: f.snat.0,
+        sport: f.backend.1,
+        dport: f.snat.1,
+    }
+}
+
+impl Flow {
+    /// A new flow in `SynSent`.
+    pub fn new(
+        client: (u32, u16),
+        vip: (u32, u16),
+        backend: (u32, u16),
+        snat: (u32, u16),
+        client_mac: [u8; 6],
+        service: u16,
+    ) -> Flow {
+        Flow {
+            client,
+            vip,
+            backend,
+            snat,
+            client_mac,
+            state: TcpState::SynSent,
+            fin: 0,
+            client_fin_end: SeqNumber(0),
+            server_fin_end: SeqNumber(0),
+            client_opts: LegOptions::default(),
+            server_opts: LegOptions::default(),
+            expires: 0,
+            created: 0,
+            service,
+            slot: 0,
+            next: NIL,
+            prev: NIL,
+        }
+    }
+}

@@ -1,0 +1,794 @@
+//! The proxy's per-worker packet logic, sans-IO: it is handed a frame (`&mut [u8]`, an mbuf's
+//! data in the appliance, a `Vec<u8>` in tests), the port it came from and the time, rewrites the
+//! frame in place and returns its fate as a [`Verdict`]. It never reads a clock, allocates after
+//! construction, or touches DPDK; the worker in `crate::worker` only moves mbufs.
+//!
+//! What it does (the draft's data plane, section 4.2.2, as full NAT):
+//! - a client's SYN to a service `vip:port` creates a [`flow::Flow`] gluing two sub-connections:
+//!   client <-> vip and snat <-> backend; both directions are rewritten in place (addresses,
+//!   ports, MACs; checksums incrementally), and the client's MSS is clamped;
+//! - TCP state is tracked (handshake, FINs and their ACKs, RST) with an idle timeout per state
+//!   on a timing wheel; a full table drops new SYNs (counted) and leaves established flows alone;
+//! - ARP for the appliance's own addresses is answered, neighbours are learned, ping to its own
+//!   addresses is answered;
+//! - everything else is dropped with a [`Cause`] that has its own counter.
+//!
+//! Ownership: with `n` workers, the flow of a client tuple belongs to worker
+//! `hash(tuple) % n`, and its SNAT port is chosen with `port % n == owner`, so both directions map
+//! to the owner without any shared state; a packet that arrives at another worker is handed off
+//! ([`Verdict::HandOff`]).
+#![forbid(unsafe_code)]
+
+pub mod flow;
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::net::Ipv4Addr;
+
+use hashbrown::HashMap;
+
+use crate::config::{parse_cidr, Config};
+use crate::wire::{
+    self, checksum, DropReason, Frame, SeqNumber, TcpFlags, TcpMeta, TcpSegmentMut, ETH_LEN,
+};
+use flow::{fin, Flow, FlowTable, Key, LegOptions, TcpState, TICK_MS};
+
+/// Why a frame was dropped. Each cause has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The wire layer rejected the frame.
+    Wire(DropReason),
+    /// Addressed to another host (promiscuous ports see everything).
+    NotForUs,
+    /// TCP to one of our addresses on a port that is no service.
+    NoService,
+    /// A non-SYN segment of no known flow.
+    NoFlow,
+    /// The flow table is full: a new SYN was refused.
+    TableFull,
+    /// No SNAT port is free.
+    PortsExhausted,
+    /// The next hop's MAC is not known yet (an ARP request was sent).
+    NeighbourMiss,
+    /// No route: the backend is off-subnet and no gateway is configured.
+    NoRoute,
+    /// Non-TCP, non-ICMP traffic to one of our addresses.
+    UnsupportedProtocol,
+    /// ICMP to us other than an echo request (errors are not translated yet).
+    IcmpOther,
+    /// Not IPv4 or ARP.
+    OtherEthertype,
+    /// An ARP frame we do not answer (not for our address, malformed).
+    ArpIgnored,
+}
+
+/// Number of counters in [`Cause::index`] space.
+pub const CAUSES: usize = DropReason::COUNT + 11;
+
+impl Cause {
+    /// Counter index.
+    pub fn index(self) -> usize {
+        match self {
+            Cause::Wire(r) => r as usize,
+            Cause::NotForUs => DropReason::COUNT,
+            Cause::NoService => DropReason::COUNT + 1,
+            Cause::NoFlow => DropReason::COUNT + 2,
+            Cause::TableFull => DropReason::COUNT + 3,
+            Cause::PortsExhausted => DropReason::COUNT + 4,
+            Cause::NeighbourMiss => DropReason::COUNT + 5,
+            Cause::NoRoute => DropReason::COUNT + 6,
+            Cause::UnsupportedProtocol => DropReason::COUNT + 7,
+            Cause::IcmpOther => DropReason::COUNT + 8,
+            Cause::OtherEthertype => DropReason::COUNT + 9,
+            Cause::ArpIgnored => DropReason::COUNT + 10,
+        }
+    }
+
+    /// Counter names, by index.
+    pub fn names() -> [&'static str; CAUSES] {
+        let mut n = [""; CAUSES];
+        for r in DropReason::ALL {
+            n[r as usize] = r.name();
+        }
+        let rest = [
+            "not_for_us",
+            "no_service",
+            "no_flow",
+            "table_full",
+            "snat_ports_exhausted",
+            "neighbour_miss",
+            "no_route",
+            "unsupported_protocol",
+            "icmp_other",
+            "other_ethertype",
+            "arp_ignored",
+        ];
+        n[DropReason::COUNT..].copy_from_slice(&rest);
+        n
+    }
+}
+
+/// A frame's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit (rewritten in place) on this port index.
+    Tx(usize),
+    /// Another worker owns it: hand the frame, unchanged, to that worker.
+    HandOff(usize),
+    /// Free it and count the cause.
+    Drop(Cause),
+}
+
+/// One side (port) of the proxy.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    port: usize,
+    mac: [u8; 6],
+    ip: u32,
+    mask: u32,
+    gateway: Option<u32>,
+}
+
+impl Side {
+    fn on_link(&self, a: u32) -> bool {
+        a & self.mask == self.ip & self.mask
+    }
+}
+
+/// A configured service.
+#[derive(Debug, Clone, Copy)]
+struct Service {
+    vip: u32,
+    port: u16,
+    backend: u32,
+    backend_port: u16,
+}
+
+/// Local counters of the proxy logic (published by the worker).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyStats {
+    /// Drops by cause.
+    pub drops: [u64; CAUSES],
+    /// Flows created.
+    pub flows_created: u64,
+    /// Flows removed (timeout or close).
+    pub flows_closed: u64,
+    /// Frames handed to another worker.
+    pub handoffs: u64,
+    /// ARP requests answered.
+    pub arp_replies: u64,
+    /// ARP requests sent.
+    pub arp_requests: u64,
+    /// Pings answered.
+    pub icmp_echo_replies: u64,
+    /// SYNs whose MSS was lowered.
+    pub mss_clamped: u64,
+}
+
+impl Default for ProxyStats {
+    fn default() -> Self {
+        ProxyStats {
+            drops: [0; CAUSES],
+            flows_created: 0,
+            flows_closed: 0,
+            handoffs: 0,
+            arp_replies: 0,
+            arp_requests: 0,
+            icmp_echo_replies: 0,
+            mss_clamped: 0,
+        }
+    }
+}
+
+/// Per-worker proxy state.
+#[derive(Debug)]
+pub struct ProxyCore {
+    worker: usize,
+    workers: usize,
+    client: Side,
+    server: Side,
+    services: Vec<Service>,
+    snat_addrs: Vec<u32>,
+    snat_ports: VecDeque<(u8, u16)>,
+    mss_clamp: u16,
+    timeouts: [u32; 6],
+    jitter_ticks: u32,
+    /// The flow table.
+    pub flows: FlowTable,
+    neighbours: HashMap<u32, [u8; 6], RandomState>,
+    max_neighbours: usize,
+    arp_sent: HashMap<u32, u64, RandomState>,
+    arp_out: Vec<(usize, u32)>,
+    learned: Vec<(u32, [u8; 6])>,
+    now_ms: u64,
+    /// Counters.
+    pub stats: ProxyStats,
+}
+
+fn ip_u32(a: [u8; 4]) -> u32 {
+    u32::from_be_bytes(a)
+}
+
+fn ticks(ms: u64) -> u32 {
+    u32::try_from(ms / TICK_MS).unwrap_or(u32::MAX)
+}
+
+impl ProxyCore {
+    /// Builds worker `worker` of `workers` from a validated proxy-mode configuration. `macs` are
+    /// the ports' MAC addresses; `hasher` is shared by all workers.
+    ///
+    /// # Errors
+    /// The configuration is not a valid proxy-mode configuration.
+    pub fn new(
+        cfg: &Config,
+        worker: usize,
+        workers: usize,
+        macs: &[[u8; 6]],
+        hasher: RandomState,
+        now_ms: u64,
+    ) -> Result<ProxyCore, String> {
+        let d = &cfg.dataplane;
+        let side = |name: &Option<String>| -> Result<Side, String> {
+            let n = name
+                .as_deref()
+                .ok_or("proxy mode needs client_port and server_port")?;
+            let port = cfg
+                .ports
+                .iter()
+                .position(|p| p.name == n)
+                .ok_or_else(|| format!("no port `{n}`"))?;
+            let (ip, len) = parse_cidr(cfg.ports[port].ip.as_deref().ok_or("port without ip")?)?;
+            Ok(Side {
+                port,
+                mac: *macs.get(port).ok_or("missing MAC")?,
+                ip: u32::from(ip),
+                mask: if len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(len))
+                },
+                gateway: cfg.ports[port].gateway.map(u32::from),
+            })
+        };
+        let l = &cfg.limits;
+        let snat_addrs: Vec<u32> = cfg.snat.addresses.iter().map(|a| u32::from(*a)).collect();
+        let mut snat_ports = VecDeque::new();
+        for p in cfg.snat.port_min..=cfg.snat.port_max {
+            if usize::from(p) % workers == worker {
+                for a in 0..snat_addrs.len().min(256) {
+                    snat_ports.push_back((u8::try_from(a).unwrap_or(0), p));
+                }
+            }
+        }
+        let mut neighbours = HashMap::with_hasher(hasher.clone());
+        neighbours.reserve(l.max_neighbours as usize);
+        let mut arp_sent = HashMap::with_hasher(hasher.clone());
+        arp_sent.reserve(l.max_neighbours as usize);
+        let mut flows = FlowTable::new(l.max_flows_per_worker, hasher);
+        flows.start(ticks(now_ms));
+        let t = |s: u32| ticks(u64::from(s) * 1000).max(1);
+        Ok(ProxyCore {
+            worker,
+            workers,
+            client: side(&d.client_port)?,
+            server: side(&d.server_port)?,
+            services: cfg
+                .services
+                .iter()
+                .map(|s| Service {
+                    vip: u32::from(s.vip),
+                    port: s.port,
+                    backend: u32::from(s.backend),
+                    backend_port: s.backend_port,
+                })
+                .collect(),
+            snat_addrs,
+            snat_ports,
+            mss_clamp: d.mss_clamp,
+            timeouts: [
+                t(l.timeout_syn_s),
+                t(l.timeout_syn_s),
+                t(l.timeout_established_s),
+                t(l.timeout_fin_s),
+                t(l.timeout_close_s),
+                t(l.timeout_close_s),
+            ],
+            jitter_ticks: ticks(u64::from(l.timeout_jitter_ms)),
+            flows,
+            neighbours,
+            max_neighbours: l.max_neighbours as usize,
+            arp_sent,
+            arp_out: Vec::with_capacity(64),
+            learned: Vec::with_capacity(64),
+            now_ms,
+            stats: ProxyStats::default(),
+        })
+    }
+
+    /// Sets the current time (once per burst).
+    #[inline]
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    fn now_tick(&self) -> u32 {
+        ticks(self.now_ms)
+    }
+
+    /// Processes one frame received on port index `port`.
+    pub fn process(&mut self, port: usize, f: &mut [u8]) -> Verdict {
+        let v = self.process_inner(port, f);
+        match v {
+            Verdict::Drop(c) => self.stats.drops[c.index()] += 1,
+            Verdict::HandOff(_) => self.stats.handoffs += 1,
+            Verdict::Tx(_) => {}
+        }
+        v
+    }
+
+    fn process_inner(&mut self, port: usize, f: &mut [u8]) -> Verdict {
+        let side = if port == self.client.port {
+            self.client
+        } else if port == self.server.port {
+            self.server
+        } else {
+            return Verdict::Drop(Cause::NotForUs);
+        };
+        match wire::classify(f) {
+            Err(r) => Verdict::Drop(Cause::Wire(r)),
+            Ok(Frame::Arp) => self.arp(side, f),
+            Ok(Frame::OtherEther(_)) => Verdict::Drop(Cause::OtherEthertype),
+            Ok(Frame::Icmp { l4, dst, .. }) => {
+                if self.is_ours(side, ip_u32(dst)) {
+                    self.icmp(side, f, l4)
+                } else {
+                    Verdict::Drop(Cause::NotForUs)
+                }
+            }
+            Ok(Frame::OtherIpv4 { dst, .. }) => {
+                if self.is_ours(side, ip_u32(dst)) {
+                    Verdict::Drop(Cause::UnsupportedProtocol)
+                } else {
+                    Verdict::Drop(Cause::NotForUs)
+                }
+            }
+            Ok(Frame::Tcp(m)) => {
+                if port == self.client.port {
+                    self.client_segment(f, &m)
+                } else {
+                    self.server_segment(f, &m)
+                }
+            }
+        }
+    }
+
+    fn is_ours(&self, side: Side, a: u32) -> bool {
+        if a == side.ip {
+            return true;
+        }
+        if side.port == self.client.port {
+            self.services.iter().any(|s| s.vip == a)
+        } else {
+            self.snat_addrs.contains(&a)
+        }
+    }
+
+    /// The worker that owns the flow of a client tuple.
+    pub fn owner_of_client(&self, k: &Key) -> usize {
+        if self.workers == 1 {
+            0
+        } else {
+            (self.flows.hasher().hash_one(k) % self.workers as u64) as usize
+        }
+    }
+
+    fn client_segment(&mut self, f: &mut [u8], m: &TcpMeta) -> Verdict {
+        let dst = ip_u32(m.dst);
+        let k = Key {
+            src: ip_u32(m.src),
+            dst,
+            sport: m.sport,
+            dport: m.dport,
+        };
+        let Some(svc) = self
+            .services
+            .iter()
+            .position(|s| s.vip == dst && s.port == m.dport)
+        else {
+            return Verdict::Drop(if self.is_ours(self.client, dst) {
+                Cause::NoService
+            } else {
+                Cause::NotForUs
+            });
+        };
+        let owner = self.owner_of_client(&k);
+        if owner != self.worker {
+            return Verdict::HandOff(owner);
+        }
+        let is_syn = m.flags.has(TcpFlags::SYN) && !m.flags.has(TcpFlags::ACK);
+        let mut idx = self.flows.lookup(&k);
+        if let Some(i) = idx {
+            // A new SYN on a closed flow's tuple: the client reuses its port; start afresh.
+            if is_syn
+                && matches!(
+                    self.flows.get(i).state,
+                    TcpState::TimeWait | TcpState::Closed
+                )
+            {
+                self.close(i);
+                idx = None;
+            }
+        }
+        let idx = match idx {
+            Some(i) => i,
+            None if is_syn => match self.create(svc, &k, f) {
+                Ok(i) => i,
+                Err(c) => return Verdict::Drop(c),
+            },
+            None => return Verdict::Drop(Cause::NoFlow),
+        };
+        let fl = *self.flows.get(idx);
+        let Some(mac) = self.next_hop_mac(self.server, fl.backend.0) else {
+            return Verdict::Drop(if self.route(self.server, fl.backend.0).is_none() {
+                Cause::NoRoute
+            } else {
+                Cause::NeighbourMiss
+            });
+        };
+        let Some(mut s) = TcpSegmentMut::new(f, m) else {
+            return Verdict::Drop(Cause::Wire(DropReason::Truncated));
+        };
+        if is_syn {
+            let o = LegOptions {
+                mss: s.mss().map_or(0, |v| {
+                    if self.mss_clamp != 0 {
+                        v.min(self.mss_clamp)
+                    } else {
+                        v
+                    }
+                }),
+                wscale: s.wscale(),
+                sack: s.options().sack_perm.is_some(),
+                ts: s.options().ts.is_some(),
+            };
+            if self.mss_clamp != 0 && s.clamp_mss(self.mss_clamp) {
+                self.stats.mss_clamped += 1;
+            }
+            self.flows.get_mut(idx).client_opts = o;
+        }
+        s.set_src_addr(fl.snat.0.to_be_bytes());
+        s.set_dst_addr(fl.backend.0.to_be_bytes());
+        s.set_src_port(fl.snat.1);
+        s.set_dst_port(fl.backend.1);
+        set_macs(f, mac, self.server.mac);
+        self.track(idx, true, m);
+        Verdict::Tx(self.server.port)
+    }
+
+    fn server_segment(&mut self, f: &mut [u8], m: &TcpMeta) -> Verdict {
+        let dst = ip_u32(m.dst);
+        if !self.is_ours(self.server, dst) {
+            return Verdict::Drop(Cause::NotForUs);
+        }
+        if !self.snat_addrs.contains(&dst) {
+            return Verdict::Drop(Cause::NoService);
+        }
+        let owner = usize::from(m.dport) % self.workers;
+        if owner != self.worker {
+            return Verdict::HandOff(owner);
+        }
+        let k = Key {
+            src: ip_u32(m.src),
+            dst,
+            sport: m.sport,
+            dport: m.dport,
+        };
+        let Some(idx) = self.flows.lookup(&k) else {
+            return Verdict::Drop(Cause::NoFlow);
+        };
+        let fl = *self.flows.get(idx);
+        let Some(mut s) = TcpSegmentMut::new(f, m) else {
+            return Verdict::Drop(Cause::Wire(DropReason::Truncated));
+        };
+        if m.flags.has(TcpFlags::SYN) {
+            let o = LegOptions {
+                mss: s.mss().unwrap_or(0),
+                wscale: s.wscale(),
+                sack: s.options().sack_perm.is_some(),
+                ts: s.options().ts.is_some(),
+            };
+            self.flows.get_mut(idx).server_opts = o;
+        }
+        s.set_src_addr(fl.vip.0.to_be_bytes());
+        s.set_dst_addr(fl.client.0.to_be_bytes());
+        s.set_src_port(fl.vip.1);
+        s.set_dst_port(fl.client.1);
+        set_macs(f, fl.client_mac, self.client.mac);
+        self.track(idx, false, m);
+        Verdict::Tx(self.client.port)
+    }
+
+    fn create(&mut self, svc: usize, k: &Key, f: &[u8]) -> Result<u32, Cause> {
+        if !self.flows.has_room() {
+            return Err(Cause::TableFull);
+        }
+        let (a, port) = self.snat_ports.pop_front().ok_or(Cause::PortsExhausted)?;
+        let s = self.services[svc];
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&f[6..12]);
+        let fl = Flow::new(
+            (k.src, k.sport),
+            (s.vip, s.port),
+            (s.backend, s.backend_port),
+            (self.snat_addrs[usize::from(a)], port),
+            mac,
+            u16::try_from(svc).unwrap_or(0),
+        );
+        let mut fl = fl;
+        fl.expires = self.now_tick().wrapping_add(self.timeouts[0]);
+        let Some(idx) = self.flows.insert(fl, self.now_tick()) else {
+            self.snat_ports.push_back((a, port));
+            return Err(Cause::TableFull);
+        };
+        // A stale flow may still hold the server-side tuple (same SNAT port reused while the old
+        // one lingers) only if the pool wrapped around entirely; the FIFO order makes that the
+        // longest possible reuse distance.
+        self.stats.flows_created += 1;
+        Ok(idx)
+    }
+
+    /// Updates the tracking state of a flow for a segment in one direction, and its expiry.
+    fn track(&mut self, idx: u32, from_client: bool, m: &TcpMeta) {
+        let now = self.now_tick();
+        let timeouts = self.timeouts;
+        let jitter = if self.jitter_ticks > 0 {
+            idx.wrapping_mul(2_654_435_761) % self.jitter_ticks
+        } else {
+            0
+        };
+        let fl = self.flows.get_mut(idx);
+        let before = fl.state;
+        let fl_flags = m.flags;
+        if fl_flags.has(TcpFlags::RST) {
+            fl.state = TcpState::Closed;
+        } else {
+            match fl.state {
+                TcpState::SynSent
+                    if !from_client && fl_flags.has(TcpFlags::SYN | TcpFlags::ACK) =>
+                {
+                    fl.state = TcpState::SynRecv
+                }
+                TcpState::SynRecv
+                    if from_client
+                        && fl_flags.has(TcpFlags::ACK)
+                        && !fl_flags.has(TcpFlags::SYN) =>
+                {
+                    fl.state = TcpState::Established
+                }
+                _ => {}
+            }
+            if fl_flags.has(TcpFlags::FIN) {
+                let end: SeqNumber = m.seq + m.seq_len();
+                if from_client {
+                    fl.fin |= fin::CLIENT_SENT;
+                    fl.client_fin_end = end;
+                } else {
+                    fl.fin |= fin::SERVER_SENT;
+                    fl.server_fin_end = end;
+                }
+                if matches!(
+                    fl.state,
+                    TcpState::Established | TcpState::SynRecv | TcpState::SynSent
+                ) {
+                    fl.state = TcpState::FinWait;
+                }
+            }
+            if fl_flags.has(TcpFlags::ACK) {
+                if from_client
+                    && fl.fin & fin::SERVER_SENT != 0
+                    && m.ack.diff(fl.server_fin_end) >= 0
+                {
+                    fl.fin |= fin::SERVER_ACKED;
+                }
+                if !from_client
+                    && fl.fin & fin::CLIENT_SENT != 0
+                    && m.ack.diff(fl.client_fin_end) >= 0
+                {
+                    fl.fin |= fin::CLIENT_ACKED;
+                }
+            }
+            if fl.fin & (fin::CLIENT_ACKED | fin::SERVER_ACKED)
+                == fin::CLIENT_ACKED | fin::SERVER_ACKED
+            {
+                fl.state = TcpState::TimeWait;
+            }
+        }
+        let new_exp = now
+            .wrapping_add(timeouts[fl.state as usize])
+            .wrapping_add(jitter);
+        let shorter = i32::from_ne_bytes(new_exp.wrapping_sub(fl.expires).to_ne_bytes()) < 0;
+        fl.expires = new_exp;
+        if before != fl.state && shorter {
+            self.flows.reschedule(idx);
+        }
+    }
+
+    fn close(&mut self, idx: u32) {
+        let fl = self.flows.remove(idx);
+        if let Some(a) = self.snat_addrs.iter().position(|&x| x == fl.snat.0) {
+            self.snat_ports
+                .push_back((u8::try_from(a).unwrap_or(0), fl.snat.1));
+        }
+        self.stats.flows_closed += 1;
+    }
+
+    /// Expires idle flows (bounded work: at most `max_slots` wheel slots). No allocation: the
+    /// SNAT pool only gets back ports it handed out, within its reserved capacity.
+    pub fn expire(&mut self, max_slots: u32) {
+        let now = self.now_tick();
+        let mut pool = std::mem::take(&mut self.snat_ports);
+        let addrs = &self.snat_addrs;
+        let mut closed = 0u64;
+        self.flows.advance(now, max_slots, |t, idx| {
+            let fl = t.remove(idx);
+            if let Some(i) = addrs.iter().position(|&x| x == fl.snat.0) {
+                pool.push_back((u8::try_from(i).unwrap_or(0), fl.snat.1));
+            }
+            closed += 1;
+        });
+        self.snat_ports = pool;
+        self.stats.flows_closed += closed;
+    }
+
+    fn route(&self, side: Side, dst: u32) -> Option<u32> {
+        if side.on_link(dst) {
+            Some(dst)
+        } else {
+            side.gateway
+        }
+    }
+
+    fn next_hop_mac(&mut self, side: Side, dst: u32) -> Option<[u8; 6]> {
+        let hop = self.route(side, dst)?;
+        if let Some(m) = self.neighbours.get(&hop) {
+            return Some(*m);
+        }
+        let now = self.now_ms;
+        let due = self
+            .arp_sent
+            .get(&hop)
+            .is_none_or(|&t| now.saturating_sub(t) >= 200);
+        if due
+            && self.arp_out.len() < self.arp_out.capacity()
+            && self.arp_sent.len() < self.max_neighbours
+        {
+            self.arp_sent.insert(hop, now);
+            self.arp_out.push((side.port, hop));
+        }
+        None
+    }
+
+    /// Learns a neighbour (also used for entries learned by other workers).
+    pub fn learn(&mut self, ip: u32, mac: [u8; 6]) {
+        if self.neighbours.get(&ip) != Some(&mac)
+            && (self.neighbours.len() < self.max_neighbours || self.neighbours.contains_key(&ip))
+        {
+            self.neighbours.insert(ip, mac);
+            self.arp_sent.remove(&ip);
+        }
+    }
+
+    /// Neighbours learned by this worker since the last call (to share with other workers).
+    pub fn take_learned(&mut self) -> impl Iterator<Item = (u32, [u8; 6])> + '_ {
+        self.learned.drain(..)
+    }
+
+    /// ARP requests to send: (port index, target address).
+    pub fn take_arp_requests(&mut self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        self.stats.arp_requests += self.arp_out.len() as u64;
+        self.arp_out.drain(..)
+    }
+
+    /// Writes an ARP request for `target` from port `port` into `buf` (>= 42 bytes); returns the
+    /// frame length (0 if `buf` is too small or the port is not one of ours).
+    pub fn build_arp_request(&self, port: usize, target: u32, buf: &mut [u8]) -> usize {
+        let side = if port == self.client.port {
+            self.client
+        } else if port == self.server.port {
+            self.server
+        } else {
+            return 0;
+        };
+        if buf.len() < 42 {
+            return 0;
+        }
+        buf[0..6].fill(0xff);
+        buf[6..12].copy_from_slice(&side.mac);
+        buf[12..14].copy_from_slice(&wire::ETHERTYPE_ARP.to_be_bytes());
+        buf[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        buf[22..28].copy_from_slice(&side.mac);
+        buf[28..32].copy_from_slice(&side.ip.to_be_bytes());
+        buf[32..38].fill(0);
+        buf[38..42].copy_from_slice(&target.to_be_bytes());
+        42
+    }
+
+    fn arp(&mut self, side: Side, f: &mut [u8]) -> Verdict {
+        if f.len() < ETH_LEN + 28 || f[14..20] != [0, 1, 8, 0, 6, 4] {
+            return Verdict::Drop(Cause::ArpIgnored);
+        }
+        let op = u16::from_be_bytes([f[20], f[21]]);
+        let mut sha = [0u8; 6];
+        sha.copy_from_slice(&f[22..28]);
+        let spa = u32::from_be_bytes([f[28], f[29], f[30], f[31]]);
+        let tpa = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
+        if side.on_link(spa) && spa != side.ip && sha[0] & 1 == 0 {
+            if self.neighbours.get(&spa) != Some(&sha)
+                && self.learned.len() < self.learned.capacity()
+            {
+                self.learned.push((spa, sha));
+            }
+            self.learn(spa, sha);
+        }
+        if op != 1 || !self.is_ours(side, tpa) {
+            return Verdict::Drop(Cause::ArpIgnored);
+        }
+        // Turn the request into the reply, in place.
+        f[20..22].copy_from_slice(&2u16.to_be_bytes());
+        f[32..38].copy_from_slice(&sha);
+        f[38..42].copy_from_slice(&spa.to_be_bytes());
+        f[22..28].copy_from_slice(&side.mac);
+        f[28..32].copy_from_slice(&tpa.to_be_bytes());
+        set_macs(f, sha, side.mac);
+        self.stats.arp_replies += 1;
+        Verdict::Tx(side.port)
+    }
+
+    fn icmp(&mut self, side: Side, f: &mut [u8], l4: usize) -> Verdict {
+        if f.len() < l4 + 8 || f[l4] != 8 || f[l4 + 1] != 0 {
+            return Verdict::Drop(Cause::IcmpOther);
+        }
+        // Echo reply in place: swap addresses (the IPv4 checksum is unchanged by a swap), type 0.
+        let mut src = [0u8; 4];
+        src.copy_from_slice(&f[ETH_LEN + 12..ETH_LEN + 16]);
+        f.copy_within(ETH_LEN + 16..ETH_LEN + 20, ETH_LEN + 12);
+        f[ETH_LEN + 16..ETH_LEN + 20].copy_from_slice(&src);
+        let hc = u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]);
+        f[l4] = 0;
+        f[l4 + 2..l4 + 4].copy_from_slice(&checksum::update16(hc, 0x0800, 0x0000).to_be_bytes());
+        let mut peer = [0u8; 6];
+        peer.copy_from_slice(&f[6..12]);
+        set_macs(f, peer, side.mac);
+        self.stats.icmp_echo_replies += 1;
+        Verdict::Tx(side.port)
+    }
+
+    /// Live flows.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Free SNAT ports of this worker.
+    pub fn snat_ports_free(&self) -> usize {
+        self.snat_ports.len()
+    }
+
+    /// The client-side and server-side port indices.
+    pub fn ports(&self) -> (usize, usize) {
+        (self.client.port, self.server.port)
+    }
+
+    /// The appliance's address on the client side (for messages).
+    pub fn client_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.client.ip)
+    }
+}
+
+fn set_macs(f: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+}
+
+#[cfg(test)]
+mod tests;
