@@ -302,3 +302,45 @@ ts = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
 [t.start() for t in ts]; [t.join() for t in ts]
 print("ok %d" % conns if not bad else "FAILED %r" % bad[:10])
 "#;
+
+/// Raw-socket sender of hostile frames (python3, in the client namespace): `IFACE VIP PORT SYNS`
+/// sends SYNS valid SYNs from random sources to VIP:PORT, then malformed frames of every kind the
+/// wire layer rejects (truncated, bad IPv4 checksum, IPv4 options, fragments, TCP data offsets
+/// out of range, option lengths that overrun, garbage). Prints how many of each it sent.
+pub const HOSTILE: &str = r#"
+import socket, struct, sys, random
+iface, vip, port, syns = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+r = random.Random(7)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind((iface, 0))
+mac = s.getsockname()[4]
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+def frame(src, opts=b"", flags=0x02, ipopts=b"", frag=0, doff=None, payload=b"", badip=False):
+    tcp = struct.pack("!HHIIBBHHH", r.randrange(1024, 65535), port, r.getrandbits(32), 0,
+                      ((doff if doff is not None else (20 + len(opts)) // 4) << 4), flags, 65535, 0, 0) + opts + payload
+    d = socket.inet_aton(vip)
+    ph = src + d + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", csum(ph + tcp)) + tcp[18:]
+    ihl = 5 + len(ipopts) // 4
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(tcp), r.getrandbits(16), frag, 64, 6, 0, src, d) + ipopts
+    c = csum(ip) ^ (0x1111 if badip else 0)
+    ip = ip[:10] + struct.pack("!H", c) + ip[12:]
+    return b"\xff" * 6 + mac + b"\x08\x00" + ip + tcp
+def rsrc(): return bytes([198, 18, r.randrange(1, 255), r.randrange(1, 255)])
+n = {}
+def send(kind, f):
+    s.send(f); n[kind] = n.get(kind, 0) + 1
+for _ in range(syns): send("syn", frame(rsrc()))
+for _ in range(200):
+    good = frame(rsrc())
+    send("truncated", good[:r.randrange(14, 53)])
+    send("bad_ip_checksum", frame(rsrc(), badip=True))
+    send("ip_options", frame(rsrc(), ipopts=b"\x01\x01\x01\x00"))
+    send("fragment", frame(rsrc(), frag=0x2000))
+    send("bad_data_offset", frame(rsrc(), doff=r.choice([0, 1, 4, 15])))
+    send("bad_options", frame(rsrc(), opts=bytes([2, 8, 5, 0xb4])))
+    send("garbage", bytes(r.getrandbits(8) for _ in range(r.randrange(14, 200))))
+print(" ".join("%s=%d" % kv for kv in sorted(n.items())), flush=True)
+"#;
