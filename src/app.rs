@@ -76,6 +76,9 @@ pub enum AppError {
     /// DPDK refused something.
     #[error(transparent)]
     Dpdk(#[from] dpdk::Error),
+    /// The exception interface could not be configured.
+    #[error("exception path: {0}")]
+    Exception(String),
     /// The proxy logic refused the configuration.
     #[error("proxy configuration: {0}")]
     Proxy(String),
@@ -146,6 +149,38 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         );
         ports.push(port);
     }
+    // The exception path: a TAP port after the configured ones, its kernel side configured with
+    // the appliance's addresses (and moved into a namespace when asked).
+    let mut exception = None;
+    if let Some(x) = &cfg.exception {
+        let id = eal.probe_vdev(&format!("net_tap{},iface={}", cfg.ports.len(), x.tap))?;
+        let setup = PortSetup {
+            name: "exception".into(),
+            rx_queues: 1,
+            tx_queues: cfg.tx_queues(),
+            rx_desc: 512,
+            tx_desc: 512,
+            promiscuous: false,
+            rss: Some(false),
+            mtu: None,
+        };
+        let port = Port::start(id, &setup, &pool)?;
+        let kernel_mac = configure_tap(cfg, x).map_err(AppError::Exception)?;
+        println!(
+            "port {} exception driver={} kernel iface {} ({}) mac {}",
+            id,
+            port.info().driver,
+            x.tap,
+            x.netns.as_deref().unwrap_or("root namespace"),
+            kernel_mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        exception = Some((ports.len(), port.info().mac, kernel_mac));
+        ports.push(port);
+    }
     wait_links(&ports, Duration::from_secs(3));
 
     let counters: Vec<WorkerCounters> = cfg
@@ -204,8 +239,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                 for a in &assignments[i] {
                     rx.push((ports[a.port].rx_queue(a.queue)?, a.port));
                 }
-                let core = ProxyCore::new(cfg, i, nw, &macs, hasher.clone(), 0)
+                let mut core = ProxyCore::new(cfg, i, nw, &macs, hasher.clone(), 0)
                     .map_err(AppError::Proxy)?;
+                if let Some((xp, mac, kmac)) = exception {
+                    core.set_exception(xp, mac, kmac);
+                    if i == 0 {
+                        rx.push((ports[xp].rx_queue(0)?, xp));
+                    }
+                }
                 let pw = ProxyWorker {
                     core,
                     rx,
@@ -337,6 +378,70 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     drop(eal);
     println!("stopped cleanly");
     Ok(())
+}
+
+/// Reads the TAP interface's MAC, moves it into the configured namespace, assigns the ports'
+/// addresses and brings it up. Returns the kernel interface's MAC.
+fn configure_tap(cfg: &Config, x: &crate::config::ExceptionConfig) -> Result<[u8; 6], String> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{}/address", x.tap))
+        .map_err(|e| format!("interface {} has no MAC: {e}", x.tap))?;
+    let mut mac = [0u8; 6];
+    for (m, h) in mac.iter_mut().zip(text.trim().split(':')) {
+        *m = u8::from_str_radix(h, 16).map_err(|_| format!("unreadable MAC `{}`", text.trim()))?;
+    }
+    let ip = |args: &[&str]| -> Result<(), String> {
+        let mut full: Vec<&str> = Vec::new();
+        if let Some(ns) = &x.netns {
+            full.extend(["-n", ns.as_str()]);
+        }
+        full.extend_from_slice(args);
+        let o = std::process::Command::new("ip")
+            .args(&full)
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`ip {}` failed: {}",
+                full.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    };
+    if let Some(ns) = &x.netns {
+        let o = std::process::Command::new("ip")
+            .args(["link", "set", "dev", &x.tap, "netns", ns])
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "cannot move {} into namespace {ns}: {} (create it first: ip netns add {ns})",
+                x.tap,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+    }
+    for p in &cfg.ports {
+        if let Some(cidr) = &p.ip {
+            ip(&["addr", "add", cidr, "dev", &x.tap])?;
+        }
+    }
+    ip(&["link", "set", "dev", &x.tap, "up"])?;
+    for p in &cfg.ports {
+        if let Some(gw) = p.gateway {
+            ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &gw.to_string(),
+                "dev",
+                &x.tap,
+            ])?;
+        }
+    }
+    Ok(mac)
 }
 
 fn wait_links(ports: &[Port<'_>], max: Duration) {

@@ -72,6 +72,23 @@ pub struct Config {
     /// Source-NAT pool for the server-side sub-connections (proxy mode).
     #[serde(default)]
     pub snat: SnatConfig,
+    /// The exception path to the kernel (proxy mode).
+    #[serde(default)]
+    pub exception: Option<ExceptionConfig>,
+}
+
+/// Traffic for the appliance's own addresses that the fast path does not answer (control
+/// connections, anything but ARP and ping) goes to the kernel through a TAP interface, so that
+/// the slow path can use ordinary sockets on those addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionConfig {
+    /// Name of the kernel interface of the `net_tap` port.
+    pub tap: String,
+    /// Network namespace to move the interface into (created beforehand by the operator); the
+    /// root namespace when absent. The appliance assigns the ports' `ip` addresses to it.
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 /// The local addresses and ports the appliance uses toward servers.

@@ -115,6 +115,8 @@ pub struct ProxyCounters {
     mss_clamped: AtomicU64,
     snat_ports_free: AtomicU64,
     mempool_exhausted: AtomicU64,
+    to_kernel: AtomicU64,
+    from_kernel: AtomicU64,
 }
 
 impl Default for ProxyCounters {
@@ -134,6 +136,8 @@ impl Default for ProxyCounters {
             mss_clamped: AtomicU64::new(0),
             snat_ports_free: AtomicU64::new(0),
             mempool_exhausted: AtomicU64::new(0),
+            to_kernel: AtomicU64::new(0),
+            from_kernel: AtomicU64::new(0),
         }
     }
 }
@@ -169,6 +173,10 @@ pub struct ProxySnapshot {
     pub snat_ports_free: u64,
     /// Frames the worker could not build for lack of mbufs.
     pub mempool_exhausted: u64,
+    /// Frames passed to the kernel (exception path).
+    pub to_kernel: u64,
+    /// Frames the kernel sent out (exception path).
+    pub from_kernel: u64,
 }
 
 /// Values a proxy worker publishes, besides the core's own statistics.
@@ -201,6 +209,8 @@ impl ProxyCounters {
         self.arp_requests.store(s.arp_requests, Relaxed);
         self.icmp_echo_replies.store(s.icmp_echo_replies, Relaxed);
         self.mss_clamped.store(s.mss_clamped, Relaxed);
+        self.to_kernel.store(s.to_kernel, Relaxed);
+        self.from_kernel.store(s.from_kernel, Relaxed);
         self.flows_active.store(x.flows_active, Relaxed);
         self.flow_capacity.store(x.flow_capacity, Relaxed);
         self.handoffs_in.store(x.handoffs_in, Relaxed);
@@ -232,6 +242,8 @@ impl ProxyCounters {
             mss_clamped: self.mss_clamped.load(Relaxed),
             snat_ports_free: self.snat_ports_free.load(Relaxed),
             mempool_exhausted: self.mempool_exhausted.load(Relaxed),
+            to_kernel: self.to_kernel.load(Relaxed),
+            from_kernel: self.from_kernel.load(Relaxed),
         }
     }
 }

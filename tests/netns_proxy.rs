@@ -323,3 +323,54 @@ fn hostile_frames_and_syn_flood_leave_established_flows_working() {
     let created = s["proxy"][0]["flows_created"].as_u64().unwrap();
     assert!(created >= 1024, "the flood filled the table: {created}");
 }
+
+#[test]
+fn exception_path_reaches_kernel_sockets_on_the_appliance_addresses() {
+    let t = topology("x", 1);
+    let tag = format!("x{}", common::tag());
+    let appliance = Netns::new(&format!("tsmpt-a{tag}"));
+    let text = std::fs::read_to_string(&t.cfg).unwrap()
+        + &format!(
+            "\n[exception]\ntap = \"tpx{tag}\"\nnetns = \"{}\"\n",
+            appliance.name
+        );
+    std::fs::write(&t.cfg, text).unwrap();
+    let proxy = Proxy::start(&t.cfg, &["--stats-json", t.stats.to_str().unwrap()]);
+    // An ordinary kernel socket on the appliance's addresses, in its namespace.
+    let mut app = appliance.spawn(&["python3", "-c", SEED_SERVER, "0.0.0.0", "9000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut results = Vec::new();
+    for (ns, addr) in [(&t.client, "198.18.0.254"), (&t.server, "198.19.0.254")] {
+        let out = ns.exec(&[
+            "timeout",
+            "20",
+            "python3",
+            "-c",
+            SEED_CLIENT,
+            addr,
+            "9000",
+            "3",
+            &(1 << 20).to_string(),
+        ]);
+        results.push((addr, String::from_utf8_lossy(&out.stdout).trim().to_owned()));
+    }
+    // The service still works next to it.
+    let service = t.fetch(2, 1 << 20);
+    let _ = app.kill();
+    let _ = app.wait();
+    let out = proxy.stop();
+    assert!(out.contains("stopped cleanly"), "{out}");
+    let s = t.stats();
+    for (addr, r) in results {
+        assert_eq!(
+            r, "ok 3",
+            "kernel socket on {addr} through the exception path: {s:#}"
+        );
+    }
+    assert_eq!(service, "ok 2");
+    assert!(
+        s["proxy"][0]["to_kernel"].as_u64().unwrap() > 100
+            && s["proxy"][0]["from_kernel"].as_u64().unwrap() > 100,
+        "{s:#}"
+    );
+}

@@ -164,6 +164,10 @@ pub struct ProxyStats {
     pub icmp_echo_replies: u64,
     /// SYNs whose MSS was lowered.
     pub mss_clamped: u64,
+    /// Frames passed to the kernel through the exception path.
+    pub to_kernel: u64,
+    /// Frames the kernel sent out through the exception path.
+    pub from_kernel: u64,
 }
 
 impl Default for ProxyStats {
@@ -177,6 +181,8 @@ impl Default for ProxyStats {
             arp_requests: 0,
             icmp_echo_replies: 0,
             mss_clamped: 0,
+            to_kernel: 0,
+            from_kernel: 0,
         }
     }
 }
@@ -202,8 +208,17 @@ pub struct ProxyCore {
     arp_out: Vec<(usize, u32)>,
     learned: Vec<(u32, [u8; 6])>,
     now_ms: u64,
+    exception: Option<Exception>,
     /// Counters.
     pub stats: ProxyStats,
+}
+
+/// The exception port and the MAC of its kernel interface.
+#[derive(Debug, Clone, Copy)]
+struct Exception {
+    port: usize,
+    mac: [u8; 6],
+    kernel_mac: [u8; 6],
 }
 
 fn ip_u32(a: [u8; 4]) -> u32 {
@@ -302,8 +317,19 @@ impl ProxyCore {
             arp_out: Vec::with_capacity(64),
             learned: Vec::with_capacity(64),
             now_ms,
+            exception: None,
             stats: ProxyStats::default(),
         })
+    }
+
+    /// Enables the exception path: port index `port` (a TAP port whose DPDK side has `mac`) leads
+    /// to the kernel interface whose MAC is `kernel_mac`.
+    pub fn set_exception(&mut self, port: usize, mac: [u8; 6], kernel_mac: [u8; 6]) {
+        self.exception = Some(Exception {
+            port,
+            mac,
+            kernel_mac,
+        });
     }
 
     /// Sets the current time (once per burst).
@@ -328,6 +354,75 @@ impl ProxyCore {
     }
 
     fn process_inner(&mut self, port: usize, f: &mut [u8]) -> Verdict {
+        if let Some(x) = self.exception {
+            if port == x.port {
+                return self.from_kernel(x, f);
+            }
+        }
+        let v = self.process_wire(port, f);
+        // Traffic for our own addresses that the fast path does not answer goes to the kernel.
+        match (v, self.exception) {
+            (
+                Verdict::Drop(Cause::NoService | Cause::UnsupportedProtocol | Cause::IcmpOther),
+                Some(x),
+            ) if f.len() >= ETH_LEN => {
+                set_macs(f, x.kernel_mac, x.mac);
+                self.stats.to_kernel += 1;
+                Verdict::Tx(x.port)
+            }
+            _ => v,
+        }
+    }
+
+    /// A frame the kernel sent through the exception port: answer its ARP (every next hop is
+    /// reached through us), route its IPv4 to the right side with real MACs.
+    fn from_kernel(&mut self, x: Exception, f: &mut [u8]) -> Verdict {
+        match wire::classify(f) {
+            Ok(Frame::Arp) => {
+                if f.len() < ETH_LEN + 28 || f[20..22] != [0, 1] {
+                    return Verdict::Drop(Cause::ArpIgnored);
+                }
+                let mut sha = [0u8; 6];
+                sha.copy_from_slice(&f[22..28]);
+                let mut spa = [0u8; 4];
+                spa.copy_from_slice(&f[28..32]);
+                let mut tpa = [0u8; 4];
+                tpa.copy_from_slice(&f[38..42]);
+                f[20..22].copy_from_slice(&2u16.to_be_bytes());
+                f[22..28].copy_from_slice(&x.mac);
+                f[28..32].copy_from_slice(&tpa);
+                f[32..38].copy_from_slice(&sha);
+                f[38..42].copy_from_slice(&spa);
+                set_macs(f, sha, x.mac);
+                Verdict::Tx(x.port)
+            }
+            Ok(
+                Frame::Tcp(TcpMeta { dst, .. })
+                | Frame::Icmp { dst, .. }
+                | Frame::OtherIpv4 { dst, .. },
+            ) => {
+                let d = ip_u32(dst);
+                let side = if self.server.on_link(d) {
+                    self.server
+                } else {
+                    self.client
+                };
+                match self.next_hop_mac(side, d) {
+                    Some(mac) => {
+                        set_macs(f, mac, side.mac);
+                        self.stats.from_kernel += 1;
+                        Verdict::Tx(side.port)
+                    }
+                    None if self.route(side, d).is_none() => Verdict::Drop(Cause::NoRoute),
+                    None => Verdict::Drop(Cause::NeighbourMiss),
+                }
+            }
+            Ok(Frame::OtherEther(_)) => Verdict::Drop(Cause::OtherEthertype),
+            Err(r) => Verdict::Drop(Cause::Wire(r)),
+        }
+    }
+
+    fn process_wire(&mut self, port: usize, f: &mut [u8]) -> Verdict {
         let side = if port == self.client.port {
             self.client
         } else if port == self.server.port {
