@@ -356,7 +356,7 @@ impl ProxyCore {
     fn process_inner(&mut self, port: usize, f: &mut [u8]) -> Verdict {
         if let Some(x) = self.exception {
             if port == x.port {
-                return self.from_kernel(x, f);
+                return self.kernel_frame(x, f);
             }
         }
         let v = self.process_wire(port, f);
@@ -376,7 +376,7 @@ impl ProxyCore {
 
     /// A frame the kernel sent through the exception port: answer its ARP (every next hop is
     /// reached through us), route its IPv4 to the right side with real MACs.
-    fn from_kernel(&mut self, x: Exception, f: &mut [u8]) -> Verdict {
+    fn kernel_frame(&mut self, x: Exception, f: &mut [u8]) -> Verdict {
         match wire::classify(f) {
             Ok(Frame::Arp) => {
                 if f.len() < ETH_LEN + 28 || f[20..22] != [0, 1] {
