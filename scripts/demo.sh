@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job: the appliance on its embedded default configuration, between a client and a
-# server namespace, with the kernel's own ping and TCP crossing it. Needs root; installs what it
-# needs (scripts/setup.sh) and removes everything it created on exit, Ctrl-C or failure.
+# The main job: the appliance on its embedded default configuration (the full-NAT TCP proxy),
+# between a client and a server namespace, with the kernel's own TCP on both ends. Needs root;
+# installs what it needs (scripts/setup.sh) and removes everything it created on exit, Ctrl-C or
+# failure.
 #
-#   ns tsmp-demo-client            host                                  ns tsmp-demo-server
-#   eth0 198.18.0.1/24 == veth == tsmp-c0 [af_packet | tsmp-proxy | af_packet] tsmp-s0 == veth == eth0 198.18.0.2/24
+#   ns tsmp-demo-client                 tsmp-proxy                            ns tsmp-demo-server
+#   198.18.0.1 == tsmp-c0 [VIP 198.18.0.10:80 | SNAT 198.19.0.100] tsmp-s0 == 198.19.0.2:8080
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -29,9 +30,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== network: namespaces $C and $S, veths tsmp-c0 and tsmp-s0 (198.18.0.0/24)"
+echo "== network: namespaces $C (198.18.0.1/24) and $S (198.19.0.2/24), veths tsmp-c0 and tsmp-s0"
 cleanup; WORK="$(mktemp -d /tmp/tsmp-demo.XXXXXX)"
-for side in c:$C:198.18.0.1 s:$S:198.18.0.2; do
+for side in c:$C:198.18.0.1 s:$S:198.19.0.2; do
     IFS=: read -r x ns addr <<<"$side"
     ip netns add "$ns"
     ip -n "$ns" link set lo up
@@ -53,35 +54,39 @@ for _ in $(seq 100); do grep -q forwarding "$WORK/proxy.log" && break; sleep 0.2
 grep -v -E '^(EAL|TELEMETRY)' "$WORK/proxy.log" | sed 's/^/   proxy | /'
 grep -q forwarding "$WORK/proxy.log" || { echo "the proxy did not start"; exit 1; }
 
-echo "== ping from the client namespace to the server, across the appliance"
-ip netns exec "$C" ping -c 3 -i 0.2 198.18.0.2 | sed 's/^/   /'
+echo "== ping from the client to the service address (the appliance answers ARP and ping for it)"
+ip netns exec "$C" ping -c 3 -i 0.2 198.18.0.10 | sed 's/^/   /'
 
-echo "== TCP: the server sends 64 MiB of random data; the client hashes what it receives"
+echo "== TCP: the client downloads 64 MiB from http-like server 198.19.0.2:8080 through VIP 198.18.0.10:80"
 head -c $((64 << 20)) /dev/urandom > "$WORK/file.bin"
 WANT=$(sha256sum "$WORK/file.bin" | cut -d' ' -f1)
 ip netns exec "$S" python3 -c '
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("198.18.0.2", 8080)); s.listen(1); c, _ = s.accept()
+s.bind(("198.19.0.2", 8080)); s.listen(1); c, peer = s.accept()
+print("   server: accepted a connection from %s:%d" % peer, flush=True)
 c.sendall(open(sys.argv[1], "rb").read()); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()' "$WORK/file.bin" &
 SERVER_PID=$!
 sleep 0.3
 START=$(date +%s.%N)
 GOT=$(ip netns exec "$C" python3 -c '
 import socket, hashlib
-h = hashlib.sha256(); c = socket.create_connection(("198.18.0.2", 8080), timeout=30)
+h = hashlib.sha256(); c = socket.create_connection(("198.18.0.10", 80), timeout=30)
+print("   client: connected %s:%d -> %s:%d" % (c.getsockname() + c.getpeername()), flush=True)
 while (b := c.recv(1 << 16)): h.update(b)
 print(h.hexdigest())')
 END=$(date +%s.%N)
 wait "$SERVER_PID"
+echo "$GOT" | head -n -1
+GOT=$(echo "$GOT" | tail -n 1)
 printf '   sent     sha256 %s\n   received sha256 %s\n   %.1f Mbit/s\n' "$WANT" "$GOT" "$(python3 -c "print(64*8*1.048576/($END-$START))")"
 
 echo "== stopping the appliance (SIGTERM) and reading its counters"
 kill -TERM "$PROXY_PID"; wait "$PROXY_PID"; PROXY_PID=""
-grep -E '^(port|worker) .*(rx=|busy)|stopped' "$WORK/proxy.log" | sed 's/^/   proxy | /'
+grep -E '^(port|worker) .*(rx=|busy|proxy:)|stopped' "$WORK/proxy.log" | sed 's/^/   proxy | /'
 
 if [ "$WANT" = "$GOT" ]; then
-    echo "== VERDICT: PASS (ping answered, 64 MiB crossed the appliance intact)"
+    echo "== VERDICT: PASS (the VIP answered; 64 MiB crossed the full-NAT splice intact)"
 else
     echo "== VERDICT: FAIL (the received data differs)"; exit 1
 fi

@@ -398,7 +398,12 @@ fn shipped_profiles_are_valid() {
 fn check_mode_validates_without_eal() {
     let exe = env!("CARGO_BIN_EXE_tsmp-proxy");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dpdk-config");
-    for f in ["default.toml", "bench-memif.toml", "vagrant-virtio.toml"] {
+    for f in [
+        "default.toml",
+        "passthrough-af_packet.toml",
+        "bench-memif.toml",
+        "vagrant-virtio.toml",
+    ] {
         let out = std::process::Command::new(exe)
             .arg("--config")
             .arg(dir.join(f))

@@ -46,7 +46,7 @@ fn kernel_ping_and_tcp_cross_af_packet_passthrough() {
     let cfg = dir.0.join("proxy.toml");
     let default = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/dpdk-config/default.toml"
+        "/dpdk-config/passthrough-af_packet.toml"
     ))
     .unwrap();
     let text = default
@@ -120,7 +120,7 @@ fn missing_interface_is_a_clear_error_not_a_crash() {
     let cfg = dir.0.join("proxy.toml");
     let default = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/dpdk-config/default.toml"
+        "/dpdk-config/passthrough-af_packet.toml"
     ))
     .unwrap();
     let text = default

@@ -41,7 +41,7 @@ fn topology(tag: &str, workers: usize) -> Topology {
     let vs = Veth::new(&format!("tps{t}"), &server, "198.19.0.2/24");
     let base = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/dpdk-config/proxy-af_packet.toml"
+        "/dpdk-config/default.toml"
     ))
     .unwrap();
     let mut text = base

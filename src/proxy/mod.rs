@@ -283,7 +283,7 @@ impl ProxyCore {
         let mut flows = FlowTable::new(l.max_flows_per_worker, hasher);
         flows.start(ticks(now_ms));
         let t = |s: u32| ticks(u64::from(s) * 1000).max(1);
-        Ok(ProxyCore {
+        let mut core = ProxyCore {
             worker,
             workers,
             client: side(&d.client_port)?,
@@ -319,7 +319,13 @@ impl ProxyCore {
             now_ms,
             exception: None,
             stats: ProxyStats::default(),
-        })
+        };
+        // Resolve every backend's next hop at once, so that the first SYN does not wait for ARP.
+        for i in 0..core.services.len() {
+            let b = core.services[i].backend;
+            let _ = core.next_hop_mac(core.server, b);
+        }
+        Ok(core)
     }
 
     /// Enables the exception path: port index `port` (a TAP port whose DPDK side has `mac`) leads

@@ -17,7 +17,7 @@ const ACK: u8 = TcpFlags::ACK;
 const FIN: u8 = TcpFlags::FIN;
 
 fn config(max_flows: u32) -> Config {
-    let text = include_str!("../../dpdk-config/proxy-af_packet.toml")
+    let text = include_str!("../../dpdk-config/default.toml")
         .replace(
             "max_flows_per_worker = 65536",
             &format!("max_flows_per_worker = {max_flows}"),
@@ -198,22 +198,35 @@ fn handshake_rewrites_both_directions() {
 #[test]
 fn unknown_next_hop_sends_arp_then_forwards() {
     let mut c = core(64, 0, 1);
-    let mut syn = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        40001,
-        80,
-        1,
-        0,
-        SYN,
-        &[],
-        &[],
-    );
-    assert_eq!(c.process(0, &mut syn), Verdict::Drop(Cause::NeighbourMiss));
+    // The backend's next hop is resolved at start-up, before any SYN.
     let reqs: Vec<_> = c.take_arp_requests().collect();
     assert_eq!(reqs, vec![(1, u32::from_be_bytes(BACKEND))]);
+    let syn = || {
+        tcp(
+            CLIENT_MAC,
+            PORT_MACS[0],
+            CLIENT,
+            VIP,
+            40001,
+            80,
+            1,
+            0,
+            SYN,
+            &[],
+            &[],
+        )
+    };
+    let mut f = syn();
+    assert_eq!(c.process(0, &mut f), Verdict::Drop(Cause::NeighbourMiss));
+    assert_eq!(
+        c.take_arp_requests().count(),
+        0,
+        "no second request within 200 ms"
+    );
+    c.set_time(300);
+    let mut f = syn();
+    assert_eq!(c.process(0, &mut f), Verdict::Drop(Cause::NeighbourMiss));
+    assert_eq!(c.take_arp_requests().count(), 1, "asked again after 200 ms");
     let mut buf = [0xa5u8; 60];
     assert_eq!(
         c.build_arp_request(1, u32::from_be_bytes(BACKEND), &mut buf),
@@ -221,23 +234,11 @@ fn unknown_next_hop_sends_arp_then_forwards() {
     );
     assert_eq!(&buf[38..42], &BACKEND);
     assert_eq!(&buf[28..32], &[198, 19, 0, 254]);
-    // The reply teaches the MAC; the retransmitted SYN goes through on the same flow.
+    // The reply teaches the MAC; the retransmitted SYN goes through on the flow the first made.
     let mut reply = arp(2, SERVER_MAC, BACKEND, [198, 19, 0, 254]);
     assert_eq!(c.process(1, &mut reply), Verdict::Drop(Cause::ArpIgnored));
-    let mut syn = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        40001,
-        80,
-        1,
-        0,
-        SYN,
-        &[],
-        &[],
-    );
-    assert_eq!(c.process(0, &mut syn), Verdict::Tx(1));
+    let mut f = syn();
+    assert_eq!(c.process(0, &mut f), Verdict::Tx(1));
     assert_eq!(c.stats.flows_created, 1);
     assert_eq!(
         c.take_learned().count(),
