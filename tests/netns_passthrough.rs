@@ -44,18 +44,17 @@ fn kernel_ping_and_tcp_cross_af_packet_passthrough() {
     let vs = Veth::new(&format!("tps{t}"), &server, "198.18.1.2/24");
 
     let cfg = dir.0.join("proxy.toml");
-    let default = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dpdk-config/passthrough-af_packet.toml"
-    ))
-    .unwrap();
-    let text = default
-        .replace("iface=tsmp-c0", &format!("iface={}", vc.host))
-        .replace("iface=tsmp-s0", &format!("iface={}", vs.host))
-        .replace(
-            "file_prefix = \"tsmp\"",
-            &format!("file_prefix = \"tsmpt{t}\""),
-        );
+    let text = common::profile(
+        "passthrough-af_packet.toml",
+        &[
+            ("iface=tsmp-c0", &format!("iface={}", vc.host)),
+            ("iface=tsmp-s0", &format!("iface={}", vs.host)),
+            (
+                "file_prefix = \"tsmp\"",
+                &format!("file_prefix = \"tsmpt{t}\""),
+            ),
+        ],
+    );
     std::fs::write(&cfg, text).unwrap();
     let stats = dir.0.join("stats.json");
     let proxy = Proxy::start(&cfg, &["--stats-json", stats.to_str().unwrap()]);
@@ -118,17 +117,16 @@ fn missing_interface_is_a_clear_error_not_a_crash() {
     common::require_root();
     let dir = TempDir::new("noif");
     let cfg = dir.0.join("proxy.toml");
-    let default = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dpdk-config/passthrough-af_packet.toml"
-    ))
-    .unwrap();
-    let text = default
-        .replace("iface=tsmp-c0", "iface=tsmp-nonexist")
-        .replace(
-            "file_prefix = \"tsmp\"",
-            &format!("file_prefix = \"tsmpn{}\"", common::tag()),
-        );
+    let text = common::profile(
+        "passthrough-af_packet.toml",
+        &[
+            ("iface=tsmp-c0", "iface=tsmp-nonexist"),
+            (
+                "file_prefix = \"tsmp\"",
+                &format!("file_prefix = \"tsmpn{}\"", common::tag()),
+            ),
+        ],
+    );
     std::fs::write(&cfg, text).unwrap();
     let out = common::run(
         env!("CARGO_BIN_EXE_tsmp-proxy"),

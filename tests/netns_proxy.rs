@@ -39,28 +39,27 @@ fn topology(tag: &str, workers: usize) -> Topology {
     let server = Netns::new(&format!("tsmpt-s{t}"));
     let vc = Veth::new(&format!("tpc{t}"), &client, "198.18.0.1/24");
     let vs = Veth::new(&format!("tps{t}"), &server, "198.19.0.2/24");
-    let base = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dpdk-config/default.toml"
-    ))
-    .unwrap();
-    let mut text = base
-        .replace(
-            "iface=tsmp-c0,qpairs=1",
-            &format!("iface={},qpairs={workers}", vc.host),
-        )
-        .replace(
-            "iface=tsmp-s0,qpairs=1",
-            &format!("iface={},qpairs={workers}", vs.host),
-        )
-        .replace(
-            "file_prefix = \"tsmp\"",
-            &format!("file_prefix = \"tsmpt{t}\""),
-        )
-        .replace("timeout_syn_s = 10", "timeout_syn_s = 2")
-        .replace("timeout_fin_s = 60", "timeout_fin_s = 2")
-        .replace("timeout_close_s = 5", "timeout_close_s = 1")
-        .replace("timeout_jitter_ms = 500", "timeout_jitter_ms = 200");
+    let mut text = common::profile(
+        "default.toml",
+        &[
+            (
+                "iface=tsmp-c0,qpairs=1",
+                &format!("iface={},qpairs={workers}", vc.host),
+            ),
+            (
+                "iface=tsmp-s0,qpairs=1",
+                &format!("iface={},qpairs={workers}", vs.host),
+            ),
+            (
+                "file_prefix = \"tsmp\"",
+                &format!("file_prefix = \"tsmpt{t}\""),
+            ),
+            ("timeout_syn_s = 10", "timeout_syn_s = 2"),
+            ("timeout_fin_s = 60", "timeout_fin_s = 2"),
+            ("timeout_close_s = 5", "timeout_close_s = 1"),
+            ("timeout_jitter_ms = 500", "timeout_jitter_ms = 200"),
+        ],
+    );
     for w in 1..workers {
         text.push_str(&format!("\n[[worker]]\nlcore = {}\ncpu = 1\n", w + 1));
     }
@@ -82,17 +81,10 @@ fn topology(tag: &str, workers: usize) -> Topology {
 
 impl Topology {
     fn fetch(&self, conns: usize, bytes: usize) -> String {
-        let out = self.client.exec(&[
-            "timeout",
-            "120",
-            "python3",
-            "-c",
-            SEED_CLIENT,
-            "198.18.0.10",
-            "80",
-            &conns.to_string(),
-            &bytes.to_string(),
-        ]);
+        let args = common::seed_client_args("198.18.0.10", 80, conns, bytes);
+        let out = self
+            .client
+            .exec(&args.iter().map(String::as_str).collect::<Vec<_>>());
         format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout).trim(),
@@ -267,17 +259,10 @@ fn hostile_frames_and_syn_flood_leave_established_flows_working() {
     assert_eq!(t.fetch(1, 1 << 20), "ok 1", "warm-up connection");
 
     // An established download runs while the flood arrives.
-    let download = t.client.spawn(&[
-        "timeout",
-        "120",
-        "python3",
-        "-c",
-        SEED_CLIENT,
-        "198.18.0.10",
-        "80",
-        "1",
-        &(48 << 20).to_string(),
-    ]);
+    let args = common::seed_client_args("198.18.0.10", 80, 1, 48 << 20);
+    let download = t
+        .client
+        .spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     std::thread::sleep(Duration::from_millis(100));
     let flood = t.client.exec(&[
         "python3",

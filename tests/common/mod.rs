@@ -344,3 +344,27 @@ for _ in range(200):
     send("garbage", bytes(r.getrandbits(8) for _ in range(r.randrange(14, 200))))
 print(" ".join("%s=%d" % kv for kv in sorted(n.items())), flush=True)
 "#;
+
+/// A shipped profile from `dpdk-config/` with textual substitutions applied (interface names,
+/// file prefix, limits), for a test's own copy.
+pub fn profile(name: &str, subst: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dpdk-config")
+        .join(name);
+    let mut text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (from, to) in subst {
+        assert!(text.contains(from), "{name} has no `{from}` to replace");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// The command line of [`SEED_CLIENT`] fetching `conns` x `bytes` from `addr:port`.
+pub fn seed_client_args(addr: &str, port: u16, conns: usize, bytes: usize) -> Vec<String> {
+    ["timeout", "120", "python3", "-c", SEED_CLIENT, addr]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([port.to_string(), conns.to_string(), bytes.to_string()])
+        .collect()
+}
