@@ -605,6 +605,13 @@ pub struct VerifyArgs {
     /// Frames to send (half each way).
     #[arg(long, default_value_t = 20000)]
     pub count: u64,
+    #[command(flatten)]
+    pub harness: HarnessArgs,
+}
+
+/// Options shared by the harness commands.
+#[derive(Debug, Args)]
+pub struct HarnessArgs {
     /// Forwarder configuration (memif client ports on <dir>/a.sock and <dir>/b.sock).
     #[arg(long, default_value_os_t = default_config())]
     pub config: PathBuf,
@@ -616,20 +623,20 @@ pub struct VerifyArgs {
     pub no_huge: bool,
 }
 
-/// Sends `count` numbered frames of 60..=1514 bytes through tsmp-proxy, half each way, and checks
+/// Sends `count` numbered frames of 62..=1514 bytes through tsmp-proxy, half each way, and checks
 /// that every one arrives exactly once, on the other port, byte for byte.
 pub fn verify(a: &VerifyArgs) -> Res<()> {
-    let dir = work_dir(&a.dir)?;
+    let dir = work_dir(&a.harness.dir)?;
     let mut gen_args = vec![
         "--mode".to_owned(),
         "verify".to_owned(),
         "--count".to_owned(),
         a.count.to_string(),
     ];
-    if a.no_huge {
+    if a.harness.no_huge {
         gen_args.push("--no-huge".to_owned());
     }
-    let (r, _) = run_once(Forwarder::Tsmp, &dir, &a.config, &gen_args, a.no_huge)?;
+    let (r, _) = run_once(Forwarder::Tsmp, &dir, &a.harness.config, &gen_args, a.harness.no_huge)?;
     println!(
         "verify: sent={} received={} missing={} duplicates={} corrupt={} misdirected={} backpressure={}",
         r.sent, r.received, r.missing, r.duplicates, r.corrupt, r.misdirected, r.tx_backpressure
@@ -661,15 +668,8 @@ pub struct CompareArgs {
     /// Interleaved rounds (testpmd, tsmp, testpmd, tsmp, ...); medians are reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// Forwarder configuration for tsmp-proxy.
-    #[arg(long, default_value_os_t = default_config())]
-    pub config: PathBuf,
-    /// Working directory for sockets and logs.
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-    /// Run EAL without hugepages.
-    #[arg(long)]
-    pub no_huge: bool,
+    #[command(flatten)]
+    pub harness: HarnessArgs,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -683,7 +683,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Runs testpmd io and tsmp pass-through, interleaved, and prints the table.
 pub fn compare(a: &CompareArgs) -> Res<()> {
-    let dir = work_dir(&a.dir)?;
+    let dir = work_dir(&a.harness.dir)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "# pass-through forwarding on the memif harness ({} s per run, {} rounds, median)",
@@ -708,10 +708,10 @@ pub fn compare(a: &CompareArgs) -> Res<()> {
                     "--duration".to_owned(),
                     a.duration.to_string(),
                 ];
-                if a.no_huge {
+                if a.harness.no_huge {
                     gen_args.push("--no-huge".to_owned());
                 }
-                let (r, c) = run_once(kind, &dir, &a.config, &gen_args, a.no_huge)?;
+                let (r, c) = run_once(kind, &dir, &a.harness.config, &gen_args, a.harness.no_huge)?;
                 let m = r.received as f64 / r.seconds / 1e6;
                 eprintln!("  size {size} round {round} {:<24} {m:7.3} Mpps  {c:6.1} cycles/pkt  (sent {} backpressure {})", kind.label(), r.sent, r.tx_backpressure);
                 mpps[k].push(m);
