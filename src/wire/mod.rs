@@ -13,6 +13,8 @@
 //! [`TcpSegmentMut`] built from that buffer and `meta` is in bounds; nothing here indexes a slice
 //! with a value it has not checked against the slice's length.
 
+#![forbid(unsafe_code)]
+
 pub mod checksum;
 mod seq;
 mod tcp;
