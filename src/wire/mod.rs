@@ -1,11 +1,13 @@
 //! Wire formats: bytes <-> fields, zero-copy, no allocation, no panic on any input.
 //!
-//! smoltcp's `wire` module provides the views we parse and emit with (Ethernet, ARP, IPv4, ICMP,
-//! TCP); this module adds only what it lacks for a splicing proxy:
+//! smoltcp's `wire` module is the reference: its views build and check frames in the tests (and
+//! will emit segments in the migration simulation). The fast path needs what it lacks:
 //! - [`SeqNumber`], total (never panicking) serial arithmetic for peer-chosen values;
 //! - [`checksum`]: RFC 1624 incremental updates, so a rewrite touches only the changed words;
 //! - [`classify`]: one pass over an Ethernet frame that either yields the offsets and fields the
-//!   fast path needs ([`TcpMeta`]) or a [`DropReason`] to count;
+//!   fast path needs ([`TcpMeta`]) or a [`DropReason`] to count (smoltcp's `new_checked` views
+//!   report one generic error, and walking Ethernet, IPv4 and TCP views separately re-reads the
+//!   same header bytes);
 //! - [`TcpSegmentMut`]: in-place rewriting of addresses, ports, sequence/ack numbers, window and
 //!   TCP options (MSS clamp, timestamps, SACK blocks, stripping), keeping both checksums valid.
 //!
