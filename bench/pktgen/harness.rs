@@ -636,7 +636,13 @@ pub fn verify(a: &VerifyArgs) -> Res<()> {
     if a.harness.no_huge {
         gen_args.push("--no-huge".to_owned());
     }
-    let (r, _) = run_once(Forwarder::Tsmp, &dir, &a.harness.config, &gen_args, a.harness.no_huge)?;
+    let (r, _) = run_once(
+        Forwarder::Tsmp,
+        &dir,
+        &a.harness.config,
+        &gen_args,
+        a.harness.no_huge,
+    )?;
     println!(
         "verify: sent={} received={} missing={} duplicates={} corrupt={} misdirected={} backpressure={}",
         r.sent, r.received, r.missing, r.duplicates, r.corrupt, r.misdirected, r.tx_backpressure

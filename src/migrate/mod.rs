@@ -1,0 +1,17 @@
+//! The migration engine, sans-IO (`#![forbid(unsafe_code)]`, no clock reads, no DPDK): the
+//! draft's section 4.3, transient pause and resumption, made exact. It is generic over the
+//! buffer type, so it holds DPDK mbufs in the appliance and plain byte vectors in tests.
+//!
+//! Built so far:
+//! - [`cache`]: the zero-copy, bounded segment cache that both the rolling cache (segments
+//!   forwarded to the old device and not yet acknowledged) and the pause cache (segments the
+//!   server sends while frozen) are made of;
+//! - [`freeze`]: the server-facing side of the transient pause: for each segment the server
+//!   sends while the flow is frozen, what to cache and which zero-window ACK to answer with.
+//!
+//! The state machine that drives them, the resumption sender toward the new device and the
+//! deterministic simulation are the next steps (see the README's status table).
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod freeze;
