@@ -7,11 +7,15 @@
 //!   forwarded to the old device and not yet acknowledged) and the pause cache (segments the
 //!   server sends while frozen) are made of;
 //! - [`freeze`]: the server-facing side of the transient pause: for each segment the server
-//!   sends while the flow is frozen, what to cache and which zero-window ACK to answer with.
+//!   sends while the flow is frozen, what to cache and which zero-window ACK to answer with;
+//! - [`sender`]: the resumption sender toward the new device (slow start, AIMD, NewReno fast
+//!   retransmit and recovery, RFC 6298 RTO, receiver window and MSS respected, persist probes).
 //!
-//! The state machine that drives them, the resumption sender toward the new device and the
-//! deterministic simulation are the next steps (see the README's status table).
+//! The per-flow state machine that drives them (normal -> paused -> resuming -> spliced, with
+//! sequence, window, timestamp and SACK translation afterwards), its wiring into the proxy core
+//! and the deterministic simulation against smoltcp peers are the next steps.
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod freeze;
+pub mod sender;
