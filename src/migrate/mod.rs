@@ -9,13 +9,16 @@
 //! - [`freeze`]: the server-facing side of the transient pause: for each segment the server
 //!   sends while the flow is frozen, what to cache and which zero-window ACK to answer with;
 //! - [`sender`]: the resumption sender toward the new device (slow start, AIMD, NewReno fast
-//!   retransmit and recovery, RFC 6298 RTO, receiver window and MSS respected, persist probes).
+//!   retransmit and recovery, RFC 6298 RTO, receiver window and MSS respected, persist probes);
+//! - [`splice`]: the translations after a migration (sequence offsets, window re-encoding that
+//!   never moves the edge left, TSval/TSecr shifts that keep PAWS, SACK translation/stripping).
 //!
-//! The per-flow state machine that drives them (normal -> paused -> resuming -> spliced, with
-//! sequence, window, timestamp and SACK translation afterwards), its wiring into the proxy core
-//! and the deterministic simulation against smoltcp peers are the next steps.
+//! The per-flow state machine that drives them (normal -> paused -> resuming -> spliced), its
+//! wiring into the proxy core, the proxy's own handshake toward the new device, and the
+//! deterministic simulation against smoltcp peers are the next steps.
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod freeze;
 pub mod sender;
+pub mod splice;
