@@ -81,6 +81,40 @@ fn tcp(
     f
 }
 
+/// A segment from the client to the service (VIP:80).
+fn to_vip(sport: u16, seq: u32, ack: u32, flags: u8, opts: &[u8], payload: &[u8]) -> Vec<u8> {
+    tcp(
+        CLIENT_MAC,
+        PORT_MACS[0],
+        CLIENT,
+        VIP,
+        sport,
+        80,
+        seq,
+        ack,
+        flags,
+        opts,
+        payload,
+    )
+}
+
+/// A segment from the backend (port 8080) to the SNAT address.
+fn from_backend(dport: u16, seq: u32, ack: u32, flags: u8, opts: &[u8], payload: &[u8]) -> Vec<u8> {
+    tcp(
+        SERVER_MAC,
+        PORT_MACS[1],
+        BACKEND,
+        SNAT,
+        8080,
+        dport,
+        seq,
+        ack,
+        flags,
+        opts,
+        payload,
+    )
+}
+
 fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let mut f = vec![0u8; 60];
     f[0..6].fill(0xff);
@@ -117,19 +151,7 @@ fn ready(max_flows: u32) -> ProxyCore {
 #[test]
 fn handshake_rewrites_both_directions() {
     let mut c = ready(64);
-    let mut syn = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        40000,
-        80,
-        1000,
-        0,
-        SYN,
-        &MSS_1460,
-        &[],
-    );
+    let mut syn = to_vip(40000, 1000, 0, SYN, &MSS_1460, &[]);
     assert_eq!(c.process(0, &mut syn), Verdict::Tx(1));
     let m = meta(&syn);
     assert_eq!((m.src, m.dst, m.dport), (SNAT, BACKEND, 8080));
@@ -143,19 +165,7 @@ fn handshake_rewrites_both_directions() {
     assert_eq!(seg.mss(), Some(1400), "MSS clamped to the configured value");
     assert_eq!(c.stats.mss_clamped, 1);
 
-    let mut synack = tcp(
-        SERVER_MAC,
-        PORT_MACS[1],
-        BACKEND,
-        SNAT,
-        8080,
-        m.sport,
-        5000,
-        1001,
-        SYN | ACK,
-        &MSS_1460,
-        &[],
-    );
+    let mut synack = from_backend(m.sport, 5000, 1001, SYN | ACK, &MSS_1460, &[]);
     assert_eq!(c.process(1, &mut synack), Verdict::Tx(0));
     let r = meta(&synack);
     assert_eq!((r.src, r.sport, r.dst, r.dport), (VIP, 80, CLIENT, 40000));
@@ -165,19 +175,7 @@ fn handshake_rewrites_both_directions() {
     );
     assert!(tcp_checksum_ok(&synack, &r));
 
-    let mut ack = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        40000,
-        80,
-        1001,
-        5001,
-        ACK,
-        &[],
-        b"GET /",
-    );
+    let mut ack = to_vip(40000, 1001, 5001, ACK, &[], b"GET /");
     assert_eq!(c.process(0, &mut ack), Verdict::Tx(1));
     let idx = c
         .flows
@@ -201,21 +199,7 @@ fn unknown_next_hop_sends_arp_then_forwards() {
     // The backend's next hop is resolved at start-up, before any SYN.
     let reqs: Vec<_> = c.take_arp_requests().collect();
     assert_eq!(reqs, vec![(1, u32::from_be_bytes(BACKEND))]);
-    let syn = || {
-        tcp(
-            CLIENT_MAC,
-            PORT_MACS[0],
-            CLIENT,
-            VIP,
-            40001,
-            80,
-            1,
-            0,
-            SYN,
-            &[],
-            &[],
-        )
-    };
+    let syn = || to_vip(40001, 1, 0, SYN, &[], &[]);
     let mut f = syn();
     assert_eq!(c.process(0, &mut f), Verdict::Drop(Cause::NeighbourMiss));
     assert_eq!(
@@ -252,50 +236,14 @@ fn teardown_then_expiry_frees_flow_and_port() {
     let mut c = ready(64);
     let free = c.snat_ports_free();
     let k = |f: &mut Vec<u8>, c: &mut ProxyCore, port| c.process(port, f);
-    let mut syn = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        40002,
-        80,
-        100,
-        0,
-        SYN,
-        &[],
-        &[],
-    );
+    let mut syn = to_vip(40002, 100, 0, SYN, &[], &[]);
     assert_eq!(k(&mut syn, &mut c, 0), Verdict::Tx(1));
     let sport = meta(&syn).sport;
     let seg = |flags, seq, ack, from_client: bool| {
         if from_client {
-            tcp(
-                CLIENT_MAC,
-                PORT_MACS[0],
-                CLIENT,
-                VIP,
-                40002,
-                80,
-                seq,
-                ack,
-                flags,
-                &[],
-                &[],
-            )
+            to_vip(40002, seq, ack, flags, &[], &[])
         } else {
-            tcp(
-                SERVER_MAC,
-                PORT_MACS[1],
-                BACKEND,
-                SNAT,
-                8080,
-                sport,
-                seq,
-                ack,
-                flags,
-                &[],
-                &[],
-            )
+            from_backend(sport, seq, ack, flags, &[], &[])
         }
     };
     for (f, p) in [
@@ -329,19 +277,7 @@ fn teardown_then_expiry_frees_flow_and_port() {
 #[test]
 fn activity_keeps_a_flow_alive_across_wheel_revolutions() {
     let mut c = ready(64);
-    let mut syn = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        40003,
-        80,
-        1,
-        0,
-        SYN,
-        &[],
-        &[],
-    );
+    let mut syn = to_vip(40003, 1, 0, SYN, &[], &[]);
     assert_eq!(c.process(0, &mut syn), Verdict::Tx(1));
     // timeout_syn_s = 10; a retransmitted SYN every 8 s for 3 minutes keeps it (the wheel turns
     // every 65 s, so the flow is revisited and rescheduled several times).
@@ -349,19 +285,7 @@ fn activity_keeps_a_flow_alive_across_wheel_revolutions() {
         c.set_time(t);
         c.expire(u32::MAX);
         assert_eq!(c.flow_count(), 1, "expired early at {t} ms");
-        let mut again = tcp(
-            CLIENT_MAC,
-            PORT_MACS[0],
-            CLIENT,
-            VIP,
-            40003,
-            80,
-            1,
-            0,
-            SYN,
-            &[],
-            &[],
-        );
+        let mut again = to_vip(40003, 1, 0, SYN, &[], &[]);
         assert_eq!(c.process(0, &mut again), Verdict::Tx(1));
     }
     c.set_time(200_000);
@@ -373,66 +297,18 @@ fn activity_keeps_a_flow_alive_across_wheel_revolutions() {
 #[test]
 fn full_table_drops_new_syns_not_established_flows() {
     let mut c = ready(16);
-    let mut first = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        1,
-        80,
-        1,
-        0,
-        SYN,
-        &[],
-        &[],
-    );
+    let mut first = to_vip(1, 1, 0, SYN, &[], &[]);
     assert_eq!(c.process(0, &mut first), Verdict::Tx(1));
     for p in 2..=16u16 {
-        let mut s = tcp(
-            CLIENT_MAC,
-            PORT_MACS[0],
-            CLIENT,
-            VIP,
-            p,
-            80,
-            1,
-            0,
-            SYN,
-            &[],
-            &[],
-        );
+        let mut s = to_vip(p, 1, 0, SYN, &[], &[]);
         assert_eq!(c.process(0, &mut s), Verdict::Tx(1));
     }
     for p in 17..100u16 {
-        let mut s = tcp(
-            CLIENT_MAC,
-            PORT_MACS[0],
-            CLIENT,
-            VIP,
-            p,
-            80,
-            1,
-            0,
-            SYN,
-            &[],
-            &[],
-        );
+        let mut s = to_vip(p, 1, 0, SYN, &[], &[]);
         assert_eq!(c.process(0, &mut s), Verdict::Drop(Cause::TableFull));
     }
     assert_eq!(c.stats.drops[Cause::TableFull.index()], 83);
-    let mut data = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        1,
-        80,
-        2,
-        1,
-        ACK,
-        &[],
-        b"still here",
-    );
+    let mut data = to_vip(1, 2, 1, ACK, &[], b"still here");
     assert_eq!(
         c.process(0, &mut data),
         Verdict::Tx(1),
@@ -443,19 +319,7 @@ fn full_table_drops_new_syns_not_established_flows() {
 #[test]
 fn other_traffic_is_counted_by_cause() {
     let mut c = ready(16);
-    let mut f = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        5,
-        80,
-        1,
-        1,
-        ACK,
-        &[],
-        &[],
-    );
+    let mut f = to_vip(5, 1, 1, ACK, &[], &[]);
     assert_eq!(c.process(0, &mut f), Verdict::Drop(Cause::NoFlow));
     let mut f = tcp(
         CLIENT_MAC,
@@ -485,33 +349,9 @@ fn other_traffic_is_counted_by_cause() {
         &[],
     );
     assert_eq!(c.process(0, &mut f), Verdict::Drop(Cause::NotForUs));
-    let mut f = tcp(
-        SERVER_MAC,
-        PORT_MACS[1],
-        BACKEND,
-        SNAT,
-        8080,
-        2000,
-        1,
-        1,
-        ACK,
-        &[],
-        &[],
-    );
+    let mut f = from_backend(2000, 1, 1, ACK, &[], &[]);
     assert_eq!(c.process(1, &mut f), Verdict::Drop(Cause::NoFlow));
-    let mut f = tcp(
-        CLIENT_MAC,
-        PORT_MACS[0],
-        CLIENT,
-        VIP,
-        5,
-        80,
-        1,
-        0,
-        SYN,
-        &[],
-        &[],
-    );
+    let mut f = to_vip(5, 1, 0, SYN, &[], &[]);
     f[14] = 0x46;
     assert_eq!(
         c.process(0, &mut f),
@@ -581,19 +421,7 @@ fn both_directions_map_to_the_owner_worker() {
         c.learn(u32::from_be_bytes(BACKEND), SERVER_MAC);
     }
     for cport in 30000..30064u16 {
-        let syn = tcp(
-            CLIENT_MAC,
-            PORT_MACS[0],
-            CLIENT,
-            VIP,
-            cport,
-            80,
-            1,
-            0,
-            SYN,
-            &[],
-            &[],
-        );
+        let syn = to_vip(cport, 1, 0, SYN, &[], &[]);
         let mut at0 = syn.clone();
         let owner = match w[0].process(0, &mut at0) {
             Verdict::Tx(1) => 0,
@@ -608,19 +436,7 @@ fn both_directions_map_to_the_owner_worker() {
             owner,
             "SNAT port partitioned by owner"
         );
-        let reply = tcp(
-            SERVER_MAC,
-            PORT_MACS[1],
-            BACKEND,
-            SNAT,
-            8080,
-            sport,
-            9,
-            2,
-            SYN | ACK,
-            &[],
-            &[],
-        );
+        let reply = from_backend(sport, 9, 2, SYN | ACK, &[], &[]);
         let mut r = reply.clone();
         assert_eq!(w[1 - owner].process(1, &mut r), Verdict::HandOff(owner));
         let mut r = reply;
