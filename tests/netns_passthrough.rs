@@ -140,3 +140,35 @@ fn missing_interface_is_a_clear_error_not_a_crash() {
     );
     assert!(err.contains("does the `iface=` interface exist"), "{err}");
 }
+
+#[test]
+fn missing_lcore_is_a_clear_error_not_a_crash() {
+    common::require_root();
+    let dir = TempDir::new("nolcore");
+    let cfg = dir.0.join("proxy.toml");
+    let text = common::profile(
+        "passthrough-af_packet.toml",
+        &[
+            ("lcore = 1", "lcore = 97"),
+            (
+                "file_prefix = \"tsmp\"",
+                &format!("file_prefix = \"tsmpl{}\"", common::tag()),
+            ),
+        ],
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = common::run(
+        env!("CARGO_BIN_EXE_tsmp-proxy"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("lcore 97 is not an online CPU of this machine"),
+        "{err}"
+    );
+    assert!(
+        err.contains("change eal.main_lcore or the worker's lcore"),
+        "{err}"
+    );
+}

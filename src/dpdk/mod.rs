@@ -41,7 +41,7 @@ pub enum Error {
     )]
     NoHugepages(String),
     /// A configured lcore is not a CPU of this machine.
-    #[error("lcore {lcore} is not an online CPU of this machine (online: {online}); change eal.main_lcore or the worker's lcore")]
+    #[error("CPU {lcore} is not online on this machine (online: {online}); change eal.main_lcore, or the worker's lcore (or its `cpu` when set)")]
     LcoreMissing {
         /// Requested lcore.
         lcore: u32,
