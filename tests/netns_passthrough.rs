@@ -164,11 +164,11 @@ fn missing_lcore_is_a_clear_error_not_a_crash() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("lcore 97 is not an online CPU of this machine"),
+        err.contains("CPU 97 is not online on this machine"),
         "{err}"
     );
     assert!(
-        err.contains("change eal.main_lcore or the worker's lcore"),
+        err.contains("change eal.main_lcore, or the worker's lcore"),
         "{err}"
     );
 }
