@@ -9,7 +9,8 @@
 //!   ports, MACs; checksums incrementally), and the client's MSS is clamped;
 //! - TCP state is tracked (handshake, FINs and their ACKs, RST) with an idle timeout per state
 //!   on a timing wheel; a full table drops new SYNs (counted) and leaves established flows alone;
-//! - ARP for the appliance's own addresses is answered, neighbours are learned, ping to its own
+//! - ARP for the appliance's own addresses is answered, neighbours are learned (and asked again
+//!   after a minute of silence; unanswered requests are forgotten after 3 s), ping to its own
 //!   addresses is answered;
 //! - everything else is dropped with a [`Cause`] that has its own counter.
 //!
@@ -202,9 +203,10 @@ pub struct ProxyCore {
     jitter_ticks: u32,
     /// The flow table.
     pub flows: FlowTable,
-    neighbours: HashMap<u32, [u8; 6], RandomState>,
+    neighbours: HashMap<u32, Neighbour, RandomState>,
     max_neighbours: usize,
     arp_sent: HashMap<u32, u64, RandomState>,
+    last_sweep_ms: u64,
     arp_out: Vec<(usize, u32)>,
     learned: Vec<(u32, [u8; 6])>,
     now_ms: u64,
@@ -212,6 +214,21 @@ pub struct ProxyCore {
     /// Counters.
     pub stats: ProxyStats,
 }
+
+/// A resolved next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Neighbour {
+    mac: [u8; 6],
+    /// When an ARP from it was last seen (ms).
+    seen_ms: u64,
+}
+
+/// Neighbours heard from longer ago than this are asked again (their MAC stays in use meanwhile).
+const NEIGHBOUR_REFRESH_MS: u64 = 60_000;
+/// An ARP request unanswered for this long is forgotten, so its slot can serve another address.
+const ARP_GIVE_UP_MS: u64 = 3_000;
+/// How often the neighbour and pending-ARP tables are swept.
+const SWEEP_MS: u64 = 1_000;
 
 /// The exception port and the MAC of its kernel interface.
 #[derive(Debug, Clone, Copy)]
@@ -314,6 +331,7 @@ impl ProxyCore {
             neighbours,
             max_neighbours: l.max_neighbours as usize,
             arp_sent,
+            last_sweep_ms: 0,
             arp_out: Vec::with_capacity(64),
             learned: Vec::with_capacity(64),
             now_ms,
@@ -740,6 +758,7 @@ impl ProxyCore {
         });
         self.snat_ports = pool;
         self.stats.flows_closed += closed;
+        self.sweep_neighbours();
     }
 
     fn route(&self, side: Side, dst: u32) -> Option<u32> {
@@ -752,8 +771,8 @@ impl ProxyCore {
 
     fn next_hop_mac(&mut self, side: Side, dst: u32) -> Option<[u8; 6]> {
         let hop = self.route(side, dst)?;
-        if let Some(m) = self.neighbours.get(&hop) {
-            return Some(*m);
+        if let Some(n) = self.neighbours.get(&hop) {
+            return Some(n.mac);
         }
         let now = self.now_ms;
         let due = self
@@ -772,11 +791,46 @@ impl ProxyCore {
 
     /// Learns a neighbour (also used for entries learned by other workers).
     pub fn learn(&mut self, ip: u32, mac: [u8; 6]) {
-        if self.neighbours.get(&ip) != Some(&mac)
-            && (self.neighbours.len() < self.max_neighbours || self.neighbours.contains_key(&ip))
-        {
-            self.neighbours.insert(ip, mac);
+        if self.neighbours.len() < self.max_neighbours || self.neighbours.contains_key(&ip) {
+            self.neighbours.insert(
+                ip,
+                Neighbour {
+                    mac,
+                    seen_ms: self.now_ms,
+                },
+            );
             self.arp_sent.remove(&ip);
+        }
+    }
+
+    /// Once a second: forget ARP requests nobody answered, and ask again neighbours not heard
+    /// from for a while (their MAC stays in use until a reply updates it). Bounded by the tables'
+    /// sizes (at most `max_neighbours` entries each), no allocation.
+    fn sweep_neighbours(&mut self) {
+        let now = self.now_ms;
+        if now.saturating_sub(self.last_sweep_ms) < SWEEP_MS {
+            return;
+        }
+        self.last_sweep_ms = now;
+        self.arp_sent
+            .retain(|_, t| now.saturating_sub(*t) < ARP_GIVE_UP_MS);
+        for (&ip, n) in &self.neighbours {
+            if self.arp_out.len() == self.arp_out.capacity()
+                || self.arp_sent.len() >= self.max_neighbours
+            {
+                break;
+            }
+            if now.saturating_sub(n.seen_ms) >= NEIGHBOUR_REFRESH_MS
+                && !self.arp_sent.contains_key(&ip)
+            {
+                let port = if self.server.on_link(ip) {
+                    self.server.port
+                } else {
+                    self.client.port
+                };
+                self.arp_sent.insert(ip, now);
+                self.arp_out.push((port, ip));
+            }
         }
     }
 
@@ -825,7 +879,7 @@ impl ProxyCore {
         let spa = u32::from_be_bytes([f[28], f[29], f[30], f[31]]);
         let tpa = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
         if side.on_link(spa) && spa != side.ip && sha[0] & 1 == 0 {
-            if self.neighbours.get(&spa) != Some(&sha)
+            if self.neighbours.get(&spa).map(|n| n.mac) != Some(sha)
                 && self.learned.len() < self.learned.capacity()
             {
                 self.learned.push((spa, sha));

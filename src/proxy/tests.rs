@@ -454,3 +454,46 @@ fn flow_entry_is_compact() {
     assert!(size <= 128, "Flow is {size} bytes");
     println!("flow entry: {size} bytes");
 }
+
+#[test]
+fn neighbours_are_refreshed_and_unanswered_requests_forgotten() {
+    let mut c = ready(64);
+    let _ = c.take_arp_requests().count();
+    // A minute after the backend was heard from, it is asked again; its MAC stays in use.
+    c.set_time(NEIGHBOUR_REFRESH_MS + 1_500);
+    c.expire(u32::MAX);
+    let reqs: Vec<_> = c.take_arp_requests().collect();
+    assert_eq!(reqs, vec![(1, u32::from_be_bytes(BACKEND))]);
+    let mut syn = to_vip(41_000, 1, 0, SYN, &[], &[]);
+    assert_eq!(
+        c.process(0, &mut syn),
+        Verdict::Tx(1),
+        "the known MAC is still used"
+    );
+    // Its reply refreshes it: no new request a second later.
+    let mut reply = arp(2, SERVER_MAC, BACKEND, [198, 19, 0, 254]);
+    let _ = c.process(1, &mut reply);
+    c.set_time(NEIGHBOUR_REFRESH_MS + 3_000);
+    c.expire(u32::MAX);
+    assert_eq!(c.take_arp_requests().count(), 0);
+
+    // A gateway that never answers: its pending entry is forgotten after 3 s, so the table
+    // cannot fill up with dead addresses.
+    let mut k = core(64, 0, 1);
+    let _ = k.take_arp_requests().count();
+    assert_eq!(
+        k.arp_sent.len(),
+        1,
+        "the backend's start-up request is pending"
+    );
+    k.set_time(ARP_GIVE_UP_MS + SWEEP_MS);
+    k.expire(u32::MAX);
+    assert_eq!(k.arp_sent.len(), 0);
+    let mut syn = to_vip(41_001, 1, 0, SYN, &[], &[]);
+    assert_eq!(k.process(0, &mut syn), Verdict::Drop(Cause::NeighbourMiss));
+    assert_eq!(
+        k.take_arp_requests().count(),
+        1,
+        "asked again once forgotten"
+    );
+}
