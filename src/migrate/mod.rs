@@ -13,9 +13,30 @@
 //! - [`splice`]: the translations after a migration (sequence offsets, window re-encoding that
 //!   never moves the edge left, TSval/TSecr shifts that keep PAWS, SACK translation/stripping).
 //!
-//! The per-flow state machine that drives them (normal -> paused -> resuming -> spliced), its
-//! wiring into the proxy core, the proxy's own handshake toward the new device, and the
-//! deterministic simulation against smoltcp peers are the next steps.
+//! Next: the per-flow state machine that drives them, planned as follows (quinn-style: inputs
+//! `on_server(now, seg, buf)`, `on_old_device(..)`, `on_new_device(..)`, `on_timeout(now)`;
+//! outputs drained with `poll_transmit(now)`; deadline from `poll_timeout()`):
+//!
+//! ```text
+//!            MFR accepted, rolling cache contiguous from the old device's ACK to S.NXT
+//!  Normal ─────────────────────────────────────────────────────────────────────► Paused
+//!  (rolling cache: S->C segments              Freeze::start: ACK all in flight, window 0;
+//!   kept until the device ACKs them)          old device's ACKs trim the cache, its FIN/RST
+//!     ▲                                        are swallowed; late S segments -> Freeze
+//!     │ all replayed bytes ACKed:                  │ SYN from the new device on the migration
+//!     │ window update to S from the device's       │ port (address checked): SYN-ACK with
+//!     │ last ACK; Splice installed                 │ ISN = resume - 1, S's window scale, MSS,
+//!     │                                            │ SACK, TS seeded with S's TSval
+//!  Spliced ◄───────────────────────────────── Resuming (ReplaySender over the cache)
+//!
+//!  Failed(reason) from any state: deadline before the new device connects (window reopened
+//!  toward the old device if it is still there and the cache flushed to it, else RST both ends),
+//!  server RST, cache full, the new device resets during replay, a second MFR.
+//! ```
+//!
+//! The cache lives inside the states that need it (`Paused`, `Resuming`), so it cannot outlive
+//! them; `tests/sim/` (the deterministic harness with smoltcp peers) is where the issue's
+//! scenarios will run against it.
 #![forbid(unsafe_code)]
 
 pub mod cache;
