@@ -542,7 +542,7 @@ impl Config {
             .collect()
     }
 
-    /// The EAL command line (after argv[0]) this configuration asks for. Ports are not on it:
+    /// The EAL command line (after `argv[0]`) this configuration asks for. Ports are not on it:
     /// the DPDK layer probes them one by one so that a missing device gets its own error.
     pub fn eal_args(&self) -> Vec<String> {
         let e = &self.eal;

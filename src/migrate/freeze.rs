@@ -6,7 +6,7 @@
 //!
 //! - //= draft 4.3.1: "TSMPP needs to generate and send their ACK packets to the sender in
 //!   advance on behalf of the new receiver ... with ... the expected sequence number and the
-//!   window size [zero]". The first ACK ([`Freeze::start`]) acknowledges everything S has in
+//!   window size (zero)". The first ACK ([`Freeze::start`]) acknowledges everything S has in
 //!   flight (the rolling cache holds what the old device did not acknowledge) with window 0, so
 //!   Linux enters persist mode instead of its retransmission path.
 //! - Late segments inside any window already advertised are accepted and cached (RFC 7323 2.4:
