@@ -612,7 +612,7 @@ pub struct VerifyArgs {
 /// Options shared by the harness commands.
 #[derive(Debug, Args)]
 pub struct HarnessArgs {
-    /// Forwarder configuration (memif client ports on <dir>/a.sock and <dir>/b.sock).
+    /// Forwarder configuration (memif client ports on `<dir>/a.sock` and `<dir>/b.sock`).
     #[arg(long, default_value_os_t = default_config())]
     pub config: PathBuf,
     /// Working directory for sockets and logs (a fresh temporary one by default).

@@ -198,7 +198,7 @@ fn check_hugepages() -> Result<(), Error> {
 }
 
 impl Eal {
-    /// Initialises EAL with `args` (without argv[0]).
+    /// Initialises EAL with `args` (without `argv[0]`).
     ///
     /// Before calling into DPDK it checks what DPDK reports badly: that every lcore in `-l` is an
     /// online CPU and, unless `--no-huge` is given, that hugepages are mounted and free.
