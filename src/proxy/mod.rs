@@ -636,7 +636,11 @@ impl ProxyCore {
         let s = self.services[svc];
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&f[6..12]);
-        let fl = Flow::new(
+        // A SNAT port is in the pool only while no flow holds it (ports return when their flow
+        // is removed), so the server-side key of the new flow is unique. The FIFO order makes
+        // the reuse distance of a port as long as the pool allows (the server may still hold the
+        // old tuple in TIME_WAIT).
+        let mut fl = Flow::new(
             (k.src, k.sport),
             (s.vip, s.port),
             (s.backend, s.backend_port),
@@ -644,15 +648,11 @@ impl ProxyCore {
             mac,
             u16::try_from(svc).unwrap_or(0),
         );
-        let mut fl = fl;
         fl.expires = self.now_tick().wrapping_add(self.timeouts[0]);
         let Some(idx) = self.flows.insert(fl, self.now_tick()) else {
             self.snat_ports.push_back((a, port));
             return Err(Cause::TableFull);
         };
-        // A stale flow may still hold the server-side tuple (same SNAT port reused while the old
-        // one lingers) only if the pool wrapped around entirely; the FIFO order makes that the
-        // longest possible reuse distance.
         self.stats.flows_created += 1;
         Ok(idx)
     }
