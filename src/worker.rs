@@ -165,7 +165,7 @@ impl ProxyWorker<'_> {
                 s.busy_polls += 1;
                 s.rx_pkts += n as u64;
                 for j in 0..n {
-                    burst.prefetch(j + 1);
+                    burst.prefetch(j);
                 }
                 for m in burst.drain() {
                     s.rx_bytes += u64::from(m.pkt_len());
@@ -174,9 +174,10 @@ impl ProxyWorker<'_> {
                 s.busy_cycles += rdtsc().wrapping_sub(t0);
             }
             // Frames other workers received for flows this worker owns.
-            let own = std::sync::Arc::clone(&self.handoff[self.index]);
             for _ in 0..self.burst {
-                let Some(m) = own.pop() else { break };
+                let Some(m) = self.handoff[self.index].pop() else {
+                    break;
+                };
                 x.handoffs_in += 1;
                 let pid = m.port();
                 let port = self
