@@ -397,12 +397,6 @@ pub fn rdtsc() -> u64 {
     unsafe { sys::rte_rdtsc() }
 }
 
-/// The lcore the caller runs on (`u32::MAX` for a thread EAL does not know).
-pub fn current_lcore() -> LcoreId {
-    // SAFETY: reads a thread-local set by EAL; no preconditions.
-    LcoreId(unsafe { sys::rte_lcore_id() })
-}
-
 /// A pool of packet buffers. Freed on drop; borrowed by everything that allocates from it.
 #[derive(Debug)]
 pub struct Mempool<'eal> {

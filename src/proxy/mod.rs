@@ -25,7 +25,6 @@ pub mod flow;
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::net::Ipv4Addr;
 
 use hashbrown::HashMap;
 
@@ -927,16 +926,6 @@ impl ProxyCore {
     /// Free SNAT ports of this worker.
     pub fn snat_ports_free(&self) -> usize {
         self.snat_ports.len()
-    }
-
-    /// The client-side and server-side port indices.
-    pub fn ports(&self) -> (usize, usize) {
-        (self.client.port, self.server.port)
-    }
-
-    /// The appliance's address on the client side (for messages).
-    pub fn client_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.client.ip)
     }
 }
 

@@ -126,11 +126,6 @@ impl<'a> TcpSegmentMut<'a> {
         })
     }
 
-    /// The frame.
-    pub fn bytes(&self) -> &[u8] {
-        self.f
-    }
-
     /// The option offsets.
     pub fn options(&self) -> &TcpOptionOffsets {
         &self.opts
