@@ -112,28 +112,30 @@ fn kernel_ping_and_tcp_cross_af_packet_passthrough() {
     drop((vc, vs, client, server));
 }
 
-#[test]
-fn missing_interface_is_a_clear_error_not_a_crash() {
+/// Starts the appliance on the pass-through profile with `subst` applied (and a file prefix of
+/// its own); it must refuse to start with exit code 1. Returns its stderr.
+fn start_fails(tag: &str, subst: (&str, &str)) -> String {
     common::require_root();
-    let dir = TempDir::new("noif");
+    let dir = TempDir::new(tag);
     let cfg = dir.0.join("proxy.toml");
+    let prefix = format!("file_prefix = \"tsmp{tag}{}\"", common::tag());
     let text = common::profile(
         "passthrough-af_packet.toml",
-        &[
-            ("iface=tsmp-c0", "iface=tsmp-nonexist"),
-            (
-                "file_prefix = \"tsmp\"",
-                &format!("file_prefix = \"tsmpn{}\"", common::tag()),
-            ),
-        ],
+        &[subst, ("file_prefix = \"tsmp\"", &prefix)],
     );
     std::fs::write(&cfg, text).unwrap();
     let out = common::run(
         env!("CARGO_BIN_EXE_tsmp-proxy"),
         &["--config", cfg.to_str().unwrap()],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
+    err
+}
+
+#[test]
+fn missing_interface_is_a_clear_error_not_a_crash() {
+    let err = start_fails("noif", ("iface=tsmp-c0", "iface=tsmp-nonexist"));
     assert!(
         err.contains("tsmp-proxy: error: virtual device `net_af_packet0,iface=tsmp-nonexist"),
         "{err}"
@@ -143,26 +145,7 @@ fn missing_interface_is_a_clear_error_not_a_crash() {
 
 #[test]
 fn missing_lcore_is_a_clear_error_not_a_crash() {
-    common::require_root();
-    let dir = TempDir::new("nolcore");
-    let cfg = dir.0.join("proxy.toml");
-    let text = common::profile(
-        "passthrough-af_packet.toml",
-        &[
-            ("lcore = 1", "lcore = 97"),
-            (
-                "file_prefix = \"tsmp\"",
-                &format!("file_prefix = \"tsmpl{}\"", common::tag()),
-            ),
-        ],
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let out = common::run(
-        env!("CARGO_BIN_EXE_tsmp-proxy"),
-        &["--config", cfg.to_str().unwrap()],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = start_fails("nolcore", ("lcore = 1", "lcore = 97"));
     assert!(
         err.contains("CPU 97 is not online on this machine"),
         "{err}"
