@@ -124,7 +124,7 @@ impl Splice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{checksum, classify, tcp_checksum_ok, Frame};
+    use crate::wire::{checksum, classify, tcp_checksum_ok, Frame, TcpMeta};
 
     /// A TCP frame with timestamps and one SACK block.
     fn frame(seq: u32, ack: u32, win: u16, ts: (u32, u32), sack: Option<(u32, u32)>) -> Vec<u8> {
@@ -174,25 +174,30 @@ mod tests {
     }
 
     fn apply(f: &mut [u8], dir_to_server: bool, sp: &mut Splice) {
-        let Ok(Frame::Tcp(m)) = classify(f) else {
-            panic!()
-        };
+        let m = meta(f);
         let mut s = TcpSegmentMut::new(f, &m).unwrap();
         if dir_to_server {
             sp.device_to_server(&mut s, m.seq, m.ack, m.window);
         } else {
             sp.server_to_device(&mut s, m.seq, m.ack);
         }
-        let Ok(Frame::Tcp(m2)) = classify(f) else {
-            panic!()
+        assert!(tcp_checksum_ok(f, &meta(f)), "checksums stay valid");
+    }
+
+    fn meta(f: &[u8]) -> TcpMeta {
+        let Ok(Frame::Tcp(m)) = classify(f) else {
+            panic!("not a TCP frame")
         };
-        assert!(tcp_checksum_ok(f, &m2), "checksums stay valid");
+        m
+    }
+
+    fn view(f: &mut [u8]) -> TcpSegmentMut<'_> {
+        let m = meta(f);
+        TcpSegmentMut::new(f, &m).unwrap()
     }
 
     fn fields(f: &[u8]) -> (u32, u32, u16) {
-        let Ok(Frame::Tcp(m)) = classify(f) else {
-            panic!()
-        };
+        let m = meta(f);
         (m.seq.0, m.ack.0, m.window)
     }
 
@@ -218,10 +223,7 @@ mod tests {
             ..splice()
         };
         assert_eq!(sp2.window_to_server(SeqNumber(60_000), 10_000), 313);
-        let Ok(Frame::Tcp(m)) = classify(&f) else {
-            panic!()
-        };
-        let s = TcpSegmentMut::new(&mut f, &m).unwrap();
+        let s = view(&mut f);
         assert_eq!(
             s.timestamps(),
             Some((40_000, 77)),
@@ -261,10 +263,7 @@ mod tests {
         let mut sp = splice();
         let mut f = frame(5, 49_000, 1000, (900, 77), Some((49_500, 49_800)));
         apply(&mut f, true, &mut sp);
-        let Ok(Frame::Tcp(m)) = classify(&f) else {
-            panic!()
-        };
-        let s = TcpSegmentMut::new(&mut f, &m).unwrap();
+        let s = view(&mut f);
         assert_eq!(
             s.sack_block(0),
             None,
@@ -276,10 +275,7 @@ mod tests {
         };
         let mut f = frame(5, 60_000, 1000, (900, 77), Some((61_000, 62_000)));
         apply(&mut f, true, &mut sp);
-        let Ok(Frame::Tcp(m)) = classify(&f) else {
-            panic!()
-        };
-        let s = TcpSegmentMut::new(&mut f, &m).unwrap();
+        let s = view(&mut f);
         assert_eq!(s.sack_block(0), None);
     }
 
@@ -301,10 +297,7 @@ mod tests {
             (60_000, 15, 500),
             "server windows pass unchanged"
         );
-        let Ok(Frame::Tcp(m)) = classify(&f) else {
-            panic!()
-        };
-        let s = TcpSegmentMut::new(&mut f, &m).unwrap();
+        let s = view(&mut f);
         assert_eq!(
             s.timestamps(),
             Some((123_456, 1000)),
