@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod engine;
 pub mod freeze;
 pub mod sender;
 pub mod splice;

@@ -98,6 +98,9 @@ pub struct ReplaySender {
     in_recovery: bool,
     retransmit_next: bool,
     probe_due: bool,
+    /// Timeouts since the last ACK that acknowledged new data.
+    backoffs: u64,
+    start: SeqNumber,
     /// Counters.
     pub stats: SenderStats,
 }
@@ -135,12 +138,46 @@ impl ReplaySender {
             in_recovery: false,
             retransmit_next: false,
             probe_due: false,
+            backoffs: 0,
+            start,
             stats: SenderStats::default(),
         }
     }
 
     fn final_seq(&self) -> SeqNumber {
         self.end + u32::from(self.fin)
+    }
+
+    /// More data to send: the server's late segments arrived in the pause cache while the
+    /// replay runs. `end` never moves back; a FIN is taken only once and only at the end.
+    pub fn extend(&mut self, end: SeqNumber, fin: bool) {
+        if self.fin {
+            return;
+        }
+        if end.diff(self.end) > 0 {
+            self.end = end;
+        }
+        self.fin = fin && end == self.end;
+    }
+
+    /// The first byte of the replay.
+    pub fn start(&self) -> SeqNumber {
+        self.start
+    }
+
+    /// One past the highest sequence number sent (SND.MAX): the sequence number of a pure ACK.
+    pub fn snd_max(&self) -> SeqNumber {
+        self.snd_max
+    }
+
+    /// Retransmission timeouts since the device last acknowledged new data.
+    pub fn consecutive_timeouts(&self) -> u64 {
+        self.backoffs
+    }
+
+    /// One past the last byte to send (the FIN not counted).
+    pub fn end(&self) -> SeqNumber {
+        self.end
     }
 
     /// Whether the device acknowledged everything (and the FIN).
@@ -214,6 +251,7 @@ impl ReplaySender {
                 }
             }
             self.snd_una = ack;
+            self.backoffs = 0;
             if self.snd_nxt.diff(ack) < 0 {
                 self.snd_nxt = ack;
             }
@@ -288,6 +326,7 @@ impl ReplaySender {
             self.snd_nxt = self.snd_una; // go-back-N
             self.timed = None; // Karn
             self.stats.timeouts += 1;
+            self.backoffs += 1;
         }
         //= rfc6298#section-5 (5.5) back off the timer
         self.rto_us = (self.rto_us * 2).min(self.cfg.max_rto_us);

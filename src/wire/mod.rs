@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod checksum;
 mod seq;
 mod tcp;

@@ -8,7 +8,8 @@
 //! livelocks (bounded steps and virtual time).
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -50,7 +51,7 @@ pub struct Link {
     /// Extra delay of a reordered packet.
     pub reorder_us: u64,
     busy_until: u64,
-    queue: Vec<(u64, u64, Vec<u8>)>,
+    queue: BinaryHeap<Reverse<(u64, u64, Vec<u8>)>>,
     seq: u64,
     /// Packets dropped by this link.
     pub dropped: u64,
@@ -85,24 +86,28 @@ impl Link {
             at += self.reorder_us;
         }
         self.seq += 1;
-        self.queue.push((at, self.seq, pkt));
+        self.queue.push(Reverse((at, self.seq, pkt)));
         self.carried += 1;
     }
 
     /// Packets whose arrival time has come, in arrival order.
     pub fn due(&mut self, now: u64) -> Vec<Vec<u8>> {
-        self.queue.sort_by_key(|(at, seq, _)| (*at, *seq));
-        let n = self
+        let mut out = Vec::new();
+        while self
             .queue
-            .iter()
-            .take_while(|(at, _, _)| *at <= now)
-            .count();
-        self.queue.drain(..n).map(|(_, _, p)| p).collect()
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            if let Some(Reverse((_, _, p))) = self.queue.pop() {
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// The next arrival time.
     pub fn next(&self) -> Option<u64> {
-        self.queue.iter().map(|(at, _, _)| *at).min()
+        self.queue.peek().map(|Reverse((at, _, _))| *at)
     }
 }
 
@@ -169,11 +174,25 @@ impl Host {
     /// A host at `addr/prefix` with a default route via `gw`, a TCP socket with `buf`-byte
     /// buffers and an MTU of `mtu`.
     pub fn new(addr: [u8; 4], prefix: u8, gw: [u8; 4], buf: usize, mtu: usize) -> Host {
+        Host::build(addr, prefix, gw, (buf, buf), mtu, 0)
+    }
+
+    /// A host with separate receive/transmit buffer sizes (the receive buffer decides smoltcp's
+    /// window-scale shift: log2(size) - 16) and its own random seed (ISNs).
+    pub fn build(
+        addr: [u8; 4],
+        prefix: u8,
+        gw: [u8; 4],
+        (rx, tx): (usize, usize),
+        mtu: usize,
+        seed: u64,
+    ) -> Host {
         let mut dev = SimDevice {
             mtu,
             ..SimDevice::default()
         };
-        let iface_cfg = Config::new(HardwareAddress::Ip);
+        let mut iface_cfg = Config::new(HardwareAddress::Ip);
+        iface_cfg.random_seed = seed;
         let mut iface = Interface::new(iface_cfg, &mut dev, Instant::from_micros(0));
         iface.update_ip_addrs(|a| {
             a.push(IpCidr::new(
@@ -188,8 +207,8 @@ impl Host {
             .unwrap();
         let mut sockets = SocketSet::new(Vec::new());
         let sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; buf]),
-            tcp::SocketBuffer::new(vec![0; buf]),
+            tcp::SocketBuffer::new(vec![0; rx]),
+            tcp::SocketBuffer::new(vec![0; tx]),
         );
         let tcp = sockets.add(sock);
         Host {
@@ -224,4 +243,29 @@ pub fn stream_byte(id: u64, i: u64) -> u8 {
     (i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         .wrapping_add(id.wrapping_mul(0x2545_f491))
         >> 56) as u8
+}
+
+thread_local! {
+    static CLOCK_US: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets the virtual clock the timestamp generators read.
+pub fn set_clock(us: u64) {
+    CLOCK_US.with(|c| c.set(us));
+}
+
+fn clock_ms() -> u32 {
+    CLOCK_US.with(|c| (c.get() / 1000) as u32)
+}
+
+/// TSval clocks with unrelated bases, as Linux randomises them per connection: one for servers,
+/// one near the wrap for phones, one for PCs.
+pub fn ts_server() -> u32 {
+    0x1234_5678u32.wrapping_add(clock_ms())
+}
+pub fn ts_phone() -> u32 {
+    0xffff_f000u32.wrapping_add(clock_ms())
+}
+pub fn ts_pc() -> u32 {
+    0x0000_0100u32.wrapping_add(clock_ms())
 }

@@ -1,0 +1,1061 @@
+//! Deterministic simulations of live migrations through the migration engine, between real TCP
+//! stacks we did not write (smoltcp 0.14 for the server and the devices), over seeded links with
+//! delay, rate, loss and reordering.
+//!
+//! Topology: a server (198.19.0.2:8080) behind the proxy's SNAT address, a phone (198.18.0.1)
+//! and a PC (198.18.0.3) in front of its VIP (198.18.0.10). A device opens the connection to
+//! VIP:80; a migration target connects to VIP:<migration port>. The harness plays the NAT (it
+//! maps legs to addresses and ports) and the control plane (MFR, MTR); everything about TCP is
+//! the engine's.
+//!
+//! Every scenario asserts from the outside:
+//! - the bytes delivered across the devices (each device up to the next resume point, the last
+//!   one to the end) are exactly the server's stream;
+//! - the server's stack never received a RST, a FIN it had not earned, or an ACK for data it
+//!   never sent, and never retransmitted between the MFR and the resumption (with lossless device
+//!   links: never at all);
+//! - the engine's caches are empty (budget refunded) when the flows are over.
+//!
+//! A bounded drive (steps and virtual time) fails any scenario that livelocks; the seed is in
+//! every failure message.
+
+mod sim;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use sim::{set_clock, stream_byte, ts_pc, ts_phone, ts_server, Host, Link, Rng};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::wire::IpAddress;
+use tsmp::migrate::cache::Budget;
+use tsmp::migrate::engine::{Engine, EngineConfig, Event, Failure, Leg, Phase, Refusal, Verdict};
+use tsmp::wire::build::{tcp_frame_len, write_tcp_frame, Endpoints};
+use tsmp::wire::{checksum, classify, Frame, SeqNumber, TcpFlags, TcpMeta, TcpSegmentMut};
+
+const VIP: [u8; 4] = [198, 18, 0, 10];
+const SNAT: [u8; 4] = [198, 19, 0, 100];
+const SERVER: [u8; 4] = [198, 19, 0, 2];
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Phys {
+    Phone,
+    Pc,
+    Server,
+}
+
+impl Phys {
+    fn ip(self) -> [u8; 4] {
+        match self {
+            Phys::Phone => [198, 18, 0, 1],
+            Phys::Pc => [198, 18, 0, 3],
+            Phys::Server => SERVER,
+        }
+    }
+    fn other(self) -> Phys {
+        if self == Phys::Phone {
+            Phys::Pc
+        } else {
+            Phys::Phone
+        }
+    }
+}
+
+/// A device's stack and link.
+#[derive(Clone, Debug)]
+struct DevSpec {
+    /// Receive buffer (decides smoltcp's window-scale shift: log2 - 16).
+    rx_buf: usize,
+    mtu: usize,
+    ts: bool,
+    sack: bool,
+    link: Link,
+}
+
+impl DevSpec {
+    fn new(link: Link) -> DevSpec {
+        DevSpec {
+            rx_buf: 256 * 1024,
+            mtu: 1500,
+            ts: true,
+            sack: true,
+            link,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Scenario {
+    name: &'static str,
+    seed: u64,
+    flows: usize,
+    /// Bytes of each server stream.
+    total: u64,
+    server_ts: bool,
+    server_tx_buf: usize,
+    server_link: Link,
+    phone: DevSpec,
+    pc: DevSpec,
+    /// Bytes the holder must have received (since it took the flow) before each MFR.
+    migrate_after: u64,
+    /// Migrations per flow (phone -> PC -> phone ...).
+    hops: usize,
+    target_connects: bool,
+    /// Cut the old device's link at the MFR.
+    cut_old: bool,
+    /// Loss (per mille) on the server's link until the first MFR (drives the server into
+    /// congestion avoidance before it is frozen).
+    early_server_loss: u32,
+    engine: EngineConfig,
+    budget: u64,
+    max_time_us: u64,
+}
+
+fn scenario(name: &'static str, seed: u64) -> Scenario {
+    Scenario {
+        name,
+        seed,
+        flows: 1,
+        total: 600_000,
+        server_ts: true,
+        server_tx_buf: 256 * 1024,
+        server_link: Link::new(2_000, 1_000_000_000, 0),
+        phone: DevSpec::new(Link::new(20_000, 10_000_000, 0)),
+        pc: DevSpec::new(Link::new(5_000, 100_000_000, 0)),
+        migrate_after: 150_000,
+        hops: 1,
+        target_connects: true,
+        cut_old: false,
+        early_server_loss: 0,
+        engine: EngineConfig {
+            deadline_us: 3_000_000,
+            ..EngineConfig::default()
+        },
+        budget: 1 << 30,
+        max_time_us: 120_000_000,
+    }
+}
+
+struct Sock {
+    host: Host,
+    phys: Phys,
+    flow: usize,
+    gen: u32,
+    rx: Vec<u8>,
+    sent: u64,
+    closed: bool,
+    wake: u64,
+}
+
+struct FlowRec {
+    eng: Engine<Vec<u8>>,
+    snat_port: u16,
+    server: usize,
+    devs: HashMap<u32, usize>,
+    holder: u32,
+    /// (generation, resume offset) for every device that took the stream after the first.
+    resumes: Vec<(u32, u64)>,
+    hops_done: usize,
+    migrating: bool,
+    cancelled: Option<Failure>,
+    reset: Option<Failure>,
+    pending: Option<(u32, Phys, u64)>,
+    retry_at: u64,
+    wake: u64,
+    s_max: Option<SeqNumber>,
+    s_fin: bool,
+    retx_migrating: u64,
+    retx_total: u64,
+    violations: Vec<String>,
+    timeline: Vec<Event>,
+}
+
+struct World {
+    sc: Scenario,
+    now: u64,
+    rng: Rng,
+    socks: Vec<Sock>,
+    flows: Vec<FlowRec>,
+    up: HashMap<Phys, Link>,
+    down: HashMap<Phys, Link>,
+    by_port: HashMap<(Phys, u16), usize>,
+    heap: BinaryHeap<Reverse<(u64, bool, usize)>>,
+    budget: Budget,
+    steps: u64,
+}
+
+fn mport(flow: usize, gen: u32) -> u16 {
+    u16::try_from(30_000 + flow * 16 + gen as usize).unwrap()
+}
+
+fn local_port(flow: usize, gen: u32) -> u16 {
+    u16::try_from(1_024 + flow * 16 + gen as usize).unwrap()
+}
+
+fn tcp_meta(ip: &[u8]) -> Option<(Vec<u8>, TcpMeta)> {
+    let f = eth(ip);
+    match classify(&f) {
+        Ok(Frame::Tcp(m)) => Some((f, m)),
+        _ => None,
+    }
+}
+
+fn eth(ip: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + ip.len());
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0]);
+    f.extend_from_slice(ip);
+    f
+}
+
+/// A middlebox on a device's path that removes SACK-permitted from its SYN (smoltcp always
+/// offers it), so the leg runs without SACK.
+fn strip_sack_permitted(frame: &mut [u8], m: &TcpMeta) {
+    let start = m.l4 + 20;
+    let end = m.l4 + m.tcp_hdr_len;
+    let mut i = start;
+    while i < end {
+        match frame[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(frame.get(i + 1).copied().unwrap_or(2)).max(2);
+                if kind == 4 {
+                    frame[i] = 1;
+                    frame[i + 1] = 1;
+                }
+                i += len;
+            }
+        }
+    }
+    frame[m.l4 + 16] = 0;
+    frame[m.l4 + 17] = 0;
+    let tcp_len = u16::try_from(m.tcp_hdr_len + m.payload_len).unwrap();
+    let acc = checksum::pseudo_ipv4(m.src, m.dst, 6, tcp_len);
+    let end = m.l4 + usize::from(tcp_len);
+    let c = checksum::finish(checksum::sum(acc, &frame[m.l4..end]));
+    frame[m.l4 + 16..m.l4 + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+impl World {
+    fn new(sc: Scenario) -> World {
+        let mut rng = Rng::new(sc.seed);
+        let mut up = HashMap::new();
+        let mut down = HashMap::new();
+        for (p, l) in [
+            (Phys::Phone, &sc.phone.link),
+            (Phys::Pc, &sc.pc.link),
+            (Phys::Server, &sc.server_link),
+        ] {
+            up.insert(p, l.clone());
+            down.insert(p, l.clone());
+        }
+        if sc.early_server_loss > 0 {
+            up.get_mut(&Phys::Server).unwrap().loss = sc.early_server_loss;
+        }
+        let budget = Budget::new(sc.budget);
+        let mut w = World {
+            now: 0,
+            socks: Vec::new(),
+            flows: Vec::new(),
+            up,
+            down,
+            by_port: HashMap::new(),
+            heap: BinaryHeap::new(),
+            budget,
+            steps: 0,
+            rng: Rng::new(rng.next()),
+            sc,
+        };
+        for f in 0..w.sc.flows {
+            let snat_port = u16::try_from(20_000 + f).unwrap();
+            let mut server = Host::build(
+                SERVER,
+                24,
+                [198, 19, 0, 254],
+                (64 * 1024, w.sc.server_tx_buf),
+                1500,
+                rng.next(),
+            );
+            server.socket().listen(8080).unwrap();
+            server
+                .socket()
+                .set_congestion_control(tcp::CongestionControl::Reno);
+            if w.sc.server_ts {
+                server.socket().set_tsval_generator(Some(ts_server));
+            }
+            let si = w.add_sock(server, Phys::Server, f, u32::MAX, snat_port);
+            w.flows.push(FlowRec {
+                eng: Engine::new(w.sc.engine),
+                snat_port,
+                server: si,
+                devs: HashMap::new(),
+                holder: 0,
+                resumes: Vec::new(),
+                hops_done: 0,
+                migrating: false,
+                cancelled: None,
+                reset: None,
+                pending: None,
+                retry_at: 0,
+                wake: u64::MAX,
+                s_max: None,
+                s_fin: false,
+                retx_migrating: 0,
+                retx_total: 0,
+                violations: Vec::new(),
+                timeline: Vec::new(),
+            });
+            let seed = rng.next();
+            w.connect(f, 0, Phys::Phone, 80, seed);
+        }
+        w
+    }
+
+    fn spec(&self, p: Phys) -> &DevSpec {
+        if p == Phys::Phone {
+            &self.sc.phone
+        } else {
+            &self.sc.pc
+        }
+    }
+
+    fn add_sock(&mut self, host: Host, phys: Phys, flow: usize, gen: u32, key_port: u16) -> usize {
+        let i = self.socks.len();
+        self.socks.push(Sock {
+            host,
+            phys,
+            flow,
+            gen,
+            rx: Vec::new(),
+            sent: 0,
+            closed: false,
+            wake: 0,
+        });
+        self.by_port.insert((phys, key_port), i);
+        self.heap.push(Reverse((0, false, i)));
+        i
+    }
+
+    fn connect(&mut self, flow: usize, gen: u32, phys: Phys, vport: u16, seed: u64) {
+        let spec = self.spec(phys).clone();
+        let mut h = Host::build(
+            phys.ip(),
+            24,
+            [198, 18, 0, 254],
+            (spec.rx_buf, 64 * 1024),
+            spec.mtu,
+            seed,
+        );
+        if spec.ts {
+            h.socket().set_tsval_generator(Some(if phys == Phys::Phone {
+                ts_phone
+            } else {
+                ts_pc
+            }));
+        }
+        let lp = local_port(flow, gen);
+        let cx = h.iface.context();
+        h.sockets
+            .get_mut::<tcp::Socket>(h.tcp)
+            .connect(
+                cx,
+                (IpAddress::v4(VIP[0], VIP[1], VIP[2], VIP[3]), vport),
+                lp,
+            )
+            .unwrap();
+        let i = self.add_sock(h, phys, flow, gen, lp);
+        self.socks[i].wake = self.now;
+        self.heap.push(Reverse((self.now, false, i)));
+        self.flows[flow].devs.insert(gen, i);
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "[{} seed={}] t={}ms: {what}",
+            self.sc.name,
+            self.sc.seed,
+            self.now / 1000
+        )
+    }
+
+    // ---------------------------------------------------------------- the proxy
+
+    fn proxy_in(&mut self, from: Phys, ip: Vec<u8>) {
+        let Some((mut frame, m)) = tcp_meta(&ip) else {
+            return;
+        };
+        let (flow, leg) = if from == Phys::Server {
+            let Some(&si) = self.by_port.get(&(Phys::Server, m.dport)) else {
+                return;
+            };
+            (self.socks[si].flow, Leg::Server)
+        } else {
+            let Some(&si) = self.by_port.get(&(from, m.sport)) else {
+                return;
+            };
+            (self.socks[si].flow, Leg::Device(self.socks[si].gen))
+        };
+        if leg == Leg::Server {
+            self.observe_server_sends(flow, &m);
+        } else if !self.spec(from).sack && m.flags.has(TcpFlags::SYN) {
+            strip_sack_permitted(&mut frame, &m);
+        }
+        let now = self.now;
+        let fr = &mut self.flows[flow];
+        match fr.eng.on_segment(now, leg, frame, &mut self.budget) {
+            Verdict::Forward(to, buf) => self.proxy_out(flow, to, buf),
+            Verdict::Consumed | Verdict::Drop(_) => {}
+        }
+        self.drain(flow);
+    }
+
+    fn drain(&mut self, flow: usize) {
+        let now = self.now;
+        while let Some(e) = self.flows[flow].eng.poll_transmit(now) {
+            let ep = Endpoints::default();
+            let mut buf = vec![0u8; tcp_frame_len(&e.fields, e.payload_len as usize)];
+            let parts: Vec<&[u8]> = self.flows[flow].eng.payload(&e).collect();
+            let got: usize = parts.iter().map(|p| p.len()).sum();
+            if got != e.payload_len as usize {
+                self.fail(&format!(
+                    "emit of {} bytes found only {got} in the cache ({e:?})",
+                    e.payload_len
+                ));
+            }
+            write_tcp_frame(&mut buf, &ep, &e.fields, &parts).unwrap();
+            self.proxy_out(flow, e.to, buf);
+        }
+        while let Some(ev) = self.flows[flow].eng.poll_event() {
+            self.on_event(flow, ev);
+        }
+        let wake = self.flows[flow].eng.poll_timeout().unwrap_or(u64::MAX);
+        self.flows[flow].wake = wake;
+        if wake != u64::MAX {
+            self.heap.push(Reverse((wake, true, flow)));
+        }
+    }
+
+    fn on_event(&mut self, flow: usize, ev: Event) {
+        let fr = &mut self.flows[flow];
+        fr.timeline.push(ev);
+        match ev {
+            Event::Connected {
+                device,
+                resume_offset,
+                ..
+            } => fr.resumes.push((device, resume_offset)),
+            Event::Resumed { device, .. } => {
+                if device != fr.holder {
+                    fr.hops_done += 1;
+                }
+                fr.holder = device;
+                fr.migrating = false;
+            }
+            Event::Cancelled { reason, .. } => {
+                fr.cancelled = Some(reason);
+                fr.resumes
+                    .retain(|(g, _)| *g != fr.holder + 1 && fr.devs.contains_key(g));
+                fr.resumes.clear();
+            }
+            Event::Reset { reason, .. } => {
+                fr.reset = Some(reason);
+                fr.migrating = false;
+            }
+            Event::Paused { .. } | Event::Replaying { .. } => {}
+        }
+    }
+
+    /// Rewrites a frame's addresses for `to` (the NAT's job) and puts it on the wire.
+    fn proxy_out(&mut self, flow: usize, to: Leg, mut f: Vec<u8>) {
+        let Ok(Frame::Tcp(m)) = classify(&f) else {
+            self.fail("the engine produced a frame that does not parse")
+        };
+        let fr = &self.flows[flow];
+        let (phys, ep) = match to {
+            Leg::Server => (Phys::Server, (SNAT, fr.snat_port, SERVER, 8080u16)),
+            Leg::Device(g) => {
+                let Some(&si) = fr.devs.get(&g) else {
+                    self.fail(&format!("segment for unknown device generation {g}"))
+                };
+                let s = &self.socks[si];
+                let vport = if g == 0 { 80 } else { mport(flow, g) };
+                (s.phys, (VIP, vport, s.phys.ip(), local_port(flow, g)))
+            }
+        };
+        {
+            let mut v = TcpSegmentMut::new(&mut f, &m).unwrap();
+            v.set_src_addr(ep.0);
+            v.set_src_port(ep.1);
+            v.set_dst_addr(ep.2);
+            v.set_dst_port(ep.3);
+        }
+        let m = match classify(&f) {
+            Ok(Frame::Tcp(m)) if tsmp::wire::tcp_checksum_ok(&f, &m) => m,
+            _ => self.fail("a frame toward a peer has a bad checksum"),
+        };
+        if phys == Phys::Server {
+            self.observe_to_server(flow, &m);
+        }
+        let ip = f[14..].to_vec();
+        let now = self.now;
+        self.down
+            .get_mut(&phys)
+            .unwrap()
+            .send(now, ip, &mut self.rng);
+    }
+
+    // ------------------------------------------------------- what the server sees
+
+    fn observe_server_sends(&mut self, flow: usize, m: &TcpMeta) {
+        let fr = &mut self.flows[flow];
+        let len = m.payload_len as u32;
+        if m.flags.has(TcpFlags::SYN) {
+            fr.s_max = Some(m.seq + 1);
+            return;
+        }
+        let Some(max) = fr.s_max else { return };
+        if len > 0 && m.seq.diff(max) < 0 {
+            fr.retx_total += 1;
+            // A one-byte segment is smoltcp's zero-window probe, not a retransmission.
+            if fr.migrating && len > 1 {
+                fr.retx_migrating += 1;
+            }
+        }
+        let end = m.seq + len + u32::from(m.flags.has(TcpFlags::FIN));
+        if end.diff(max) > 0 {
+            fr.s_max = Some(end);
+        }
+        if m.flags.has(TcpFlags::FIN) {
+            fr.s_fin = true;
+        }
+    }
+
+    fn observe_to_server(&mut self, flow: usize, m: &TcpMeta) {
+        let fr = &mut self.flows[flow];
+        let mut v = Vec::new();
+        if m.flags.has(TcpFlags::RST) && fr.reset.is_none() {
+            v.push(format!("the server received a RST: {m:?}"));
+        }
+        if m.flags.has(TcpFlags::FIN) && !fr.s_fin {
+            v.push(format!("the server received a FIN before it closed: {m:?}"));
+        }
+        if let Some(max) = fr.s_max {
+            if m.flags.has(TcpFlags::ACK) && m.ack.diff(max) > 0 {
+                v.push(format!(
+                    "the server received an ACK for data it never sent (ack {} > {}): {m:?}",
+                    m.ack.0, max.0
+                ));
+            }
+        }
+        fr.violations.extend(v);
+    }
+
+    // ------------------------------------------------------------------ hosts
+
+    fn service(&mut self, i: usize) {
+        set_clock(self.now);
+        for _ in 0..16 {
+            let out = self.socks[i].host.poll(self.now);
+            let progressed = self.app(i);
+            let phys = self.socks[i].phys;
+            let quiet = out.is_empty();
+            let now = self.now;
+            for p in out {
+                self.up.get_mut(&phys).unwrap().send(now, p, &mut self.rng);
+            }
+            if quiet && !progressed {
+                break;
+            }
+        }
+        let now = self.now;
+        let at = self.socks[i]
+            .host
+            .poll_at(now)
+            .map_or(u64::MAX, |t| t.max(now + 1));
+        self.socks[i].wake = at;
+        if at != u64::MAX {
+            self.heap.push(Reverse((at, false, i)));
+        }
+    }
+
+    /// The applications: the server streams its bytes and closes; devices read everything and
+    /// close after the end of the stream.
+    fn app(&mut self, i: usize) -> bool {
+        let total = self.sc.total;
+        let s = &mut self.socks[i];
+        let flow = s.flow;
+        let mut progressed = false;
+        if s.phys == Phys::Server {
+            let sock = s.host.socket();
+            while s.sent < total && sock.can_send() {
+                let start = s.sent;
+                let n = sock
+                    .send(|b| {
+                        let n = b.len().min((total - start) as usize);
+                        for (k, x) in b[..n].iter_mut().enumerate() {
+                            *x = stream_byte(flow as u64, start + k as u64);
+                        }
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                s.sent += n as u64;
+                progressed = true;
+            }
+            if s.sent == total && !s.closed {
+                sock.close();
+                s.closed = true;
+                progressed = true;
+            }
+            return progressed;
+        }
+        let sock = s.host.socket();
+        while sock.can_recv() {
+            let got = sock
+                .recv(|b| {
+                    let n = b.len();
+                    (n, b.to_vec())
+                })
+                .unwrap_or_default();
+            if got.is_empty() {
+                break;
+            }
+            s.rx.extend_from_slice(&got);
+            progressed = true;
+        }
+        if !s.closed && sock.state() == State::CloseWait {
+            sock.close();
+            s.closed = true;
+            progressed = true;
+        }
+        progressed
+    }
+
+    // ------------------------------------------------------------- control plane
+
+    fn control(&mut self) {
+        for f in 0..self.flows.len() {
+            if let Some((gen, phys, at)) = self.flows[f].pending {
+                if self.now >= at {
+                    self.flows[f].pending = None;
+                    let seed = self.rng.next();
+                    self.connect(f, gen, phys, mport(f, gen), seed);
+                }
+            }
+            let fr = &self.flows[f];
+            if fr.migrating
+                || fr.hops_done >= self.sc.hops
+                || fr.cancelled.is_some()
+                || fr.reset.is_some()
+                || fr.eng.phase() != Phase::Forwarding
+            {
+                continue;
+            }
+            let holder = fr.devs[&fr.holder];
+            if (self.socks[holder].rx.len() as u64) < self.sc.migrate_after {
+                continue;
+            }
+            let holder_phys = self.socks[holder].phys;
+            let now = self.now;
+            let fr = &mut self.flows[f];
+            if fr.retry_at > now {
+                continue;
+            }
+            match fr.eng.migrate(now, None, &mut self.budget) {
+                Err(Refusal::Gap { .. }) => {
+                    // Transient: the control plane retries after a round trip.
+                    fr.retry_at = now + 50_000;
+                    continue;
+                }
+                Ok(gen) => {
+                    fr.migrating = true;
+                    if self.sc.target_connects {
+                        fr.pending = Some((gen, holder_phys.other(), now + 10_000));
+                    }
+                }
+                Err(r) => self.fail(&format!("MFR refused: {r}")),
+            }
+            if self.sc.early_server_loss > 0 {
+                self.up.get_mut(&Phys::Server).unwrap().loss = 0;
+            }
+            if self.sc.cut_old {
+                self.up.get_mut(&holder_phys).unwrap().loss = 1000;
+                self.down.get_mut(&holder_phys).unwrap().loss = 1000;
+            }
+            self.drain(f);
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.flows.iter().all(|fr| {
+            if fr.reset.is_some() {
+                return true;
+            }
+            if fr.migrating || fr.pending.is_some() {
+                return false;
+            }
+            if fr.cancelled.is_none() && fr.hops_done < self.sc.hops {
+                return false;
+            }
+            let h = &self.socks[fr.devs[&fr.holder]];
+            let start = fr
+                .resumes
+                .iter()
+                .find(|(g, _)| *g == fr.holder)
+                .map_or(0, |r| r.1);
+            start + h.rx.len() as u64 >= self.sc.total && h.closed
+        })
+    }
+
+    // ------------------------------------------------------------------ driver
+
+    fn run(&mut self) {
+        while !self.finished() {
+            self.step();
+        }
+    }
+
+    /// One step of the discrete-event driver: deliver what the links carry, fire what is due,
+    /// let the control plane act, advance the clock to the next event.
+    fn step(&mut self) {
+        self.steps += 1;
+        if self.steps > 20_000_000 || self.now > self.sc.max_time_us {
+            self.fail(&format!("did not finish (steps {})", self.steps));
+        }
+        for p in [Phys::Server, Phys::Phone, Phys::Pc] {
+            let now = self.now;
+            for pkt in self.up.get_mut(&p).unwrap().due(now) {
+                self.proxy_in(p, pkt);
+            }
+            for pkt in self.down.get_mut(&p).unwrap().due(now) {
+                let Some((_, m)) = tcp_meta(&pkt) else {
+                    continue;
+                };
+                let key = if p == Phys::Server {
+                    (p, m.sport)
+                } else {
+                    (p, m.dport)
+                };
+                if let Some(&i) = self.by_port.get(&key) {
+                    self.socks[i].host.dev.rx.push_back(pkt);
+                    self.socks[i].wake = now;
+                    self.heap.push(Reverse((now, false, i)));
+                }
+            }
+        }
+        while let Some(&Reverse((t, is_flow, i))) = self.heap.peek() {
+            if t > self.now {
+                break;
+            }
+            self.heap.pop();
+            if is_flow {
+                if self.flows[i].wake == t {
+                    self.flows[i].wake = u64::MAX;
+                    let now = self.now;
+                    self.flows[i].eng.on_timeout(now, &mut self.budget);
+                    self.drain(i);
+                }
+            } else if self.socks[i].wake == t {
+                self.service(i);
+            }
+        }
+        self.control();
+        let mut next = u64::MAX;
+        for l in self.up.values().chain(self.down.values()) {
+            if let Some(t) = l.next() {
+                next = next.min(t);
+            }
+        }
+        if let Some(Reverse((t, _, _))) = self.heap.peek() {
+            next = next.min(*t);
+        }
+        for fr in &self.flows {
+            if let Some((_, _, at)) = fr.pending {
+                next = next.min(at);
+            }
+            if fr.retry_at > self.now {
+                next = next.min(fr.retry_at);
+            }
+        }
+        if next == u64::MAX && !self.finished() {
+            self.fail("nothing left to happen, yet the scenario is not finished");
+        }
+        self.now = next.max(self.now);
+    }
+
+    /// The checks every scenario makes from the outside.
+    fn verify(&self) {
+        for (f, fr) in self.flows.iter().enumerate() {
+            let ctx = format!("flow {f} timeline {:?}", fr.timeline);
+            if let Some(v) = fr.violations.first() {
+                self.fail(&format!("{v} ({} violations; {ctx})", fr.violations.len()));
+            }
+            if fr.reset.is_some() {
+                continue;
+            }
+            if fr.retx_migrating > 0 {
+                self.fail(&format!(
+                    "the server retransmitted {} segments during the migration ({ctx})",
+                    fr.retx_migrating
+                ));
+            }
+            let clean = |l: &Link| l.loss == 0 && l.reorder == 0;
+            if clean(&self.sc.phone.link)
+                && clean(&self.sc.pc.link)
+                && self.sc.early_server_loss == 0
+                && fr.retx_total > 0
+            {
+                self.fail(&format!(
+                    "lossless links, yet the server retransmitted {} segments ({ctx})",
+                    fr.retx_total
+                ));
+            }
+            // Stitch the stream: device g holds [start_g, start_{next}).
+            let mut cuts: Vec<(u32, u64)> = vec![(0, 0)];
+            cuts.extend(fr.resumes.iter().copied());
+            for (k, &(g, start)) in cuts.iter().enumerate() {
+                let rx = &self.socks[fr.devs[&g]].rx;
+                for (j, b) in rx.iter().enumerate() {
+                    let at = start + j as u64;
+                    if at >= self.sc.total || *b != stream_byte(f as u64, at) {
+                        self.fail(&format!(
+                            "device {g} byte {j} (stream offset {at}) differs from the server's stream ({ctx})"
+                        ));
+                    }
+                }
+                let end = cuts.get(k + 1).map_or(self.sc.total, |c| c.1);
+                if start + (rx.len() as u64) < end {
+                    self.fail(&format!(
+                        "device {g} has stream bytes {start}..{} but should have up to {end} ({ctx})",
+                        start + rx.len() as u64
+                    ));
+                }
+            }
+        }
+        if self.budget.used != 0
+            && self
+                .flows
+                .iter()
+                .all(|f| f.eng.phase() != Phase::Forwarding)
+        {
+            self.fail(&format!("{} cache bytes still charged", self.budget.used));
+        }
+    }
+}
+
+fn run(sc: Scenario) -> World {
+    let mut w = World::new(sc);
+    w.run();
+    w.verify();
+    if std::env::var_os("TSMP_SIM_VERBOSE").is_some() {
+        for (f, fr) in w.flows.iter().enumerate().take(3) {
+            eprintln!(
+                "[{} seed={}] flow {f}: t={}ms steps={} resumes={:?} retx={} stats={:?}\n  timeline={:?}",
+                w.sc.name, w.sc.seed, w.now / 1000, w.steps, fr.resumes, fr.retx_total, fr.eng.stats, fr.timeline
+            );
+        }
+    }
+    w
+}
+
+fn migrated(w: &World) {
+    for (f, fr) in w.flows.iter().enumerate() {
+        assert_eq!(
+            fr.hops_done, w.sc.hops,
+            "[{} seed={}] flow {f}: {:?}",
+            w.sc.name, w.sc.seed, fr.timeline
+        );
+        assert!(fr.cancelled.is_none() && fr.reset.is_none());
+    }
+}
+
+// ---------------------------------------------------------------------- scenarios
+
+#[test]
+fn migrate_in_slow_start() {
+    let mut sc = scenario("slow-start", 1);
+    sc.migrate_after = 20_000;
+    let w = run(sc);
+    migrated(&w);
+}
+
+#[test]
+fn migrate_in_congestion_avoidance_after_induced_loss() {
+    let mut sc = scenario("congestion-avoidance", 2);
+    sc.early_server_loss = 20;
+    sc.migrate_after = 300_000;
+    sc.total = 900_000;
+    let w = run(sc);
+    migrated(&w);
+}
+
+#[test]
+fn migrate_under_loss_on_either_device_link() {
+    for (i, loss) in [0u32, 10, 50].into_iter().enumerate() {
+        for on_phone in [true, false] {
+            let mut sc = scenario("device-link-loss", 10 + i as u64 * 2 + u64::from(on_phone));
+            if on_phone {
+                sc.phone.link.loss = loss;
+                sc.phone.link.reorder = 10;
+            } else {
+                sc.pc.link.loss = loss;
+                sc.pc.link.reorder = 10;
+            }
+            let w = run(sc);
+            migrated(&w);
+        }
+    }
+}
+
+#[test]
+fn window_scale_combinations() {
+    // smoltcp's shift is log2(receive buffer) - 16: 64 KiB -> 0, 8 MiB -> 7, 1 GiB -> 14.
+    let sizes = [64 * 1024, 8 << 20, 1 << 30];
+    for (a, &old) in sizes.iter().enumerate() {
+        for (b, &new) in sizes.iter().enumerate() {
+            let mut sc = scenario("wscale", 100 + (a * 3 + b) as u64);
+            sc.phone.rx_buf = old;
+            sc.pc.rx_buf = new;
+            sc.total = 400_000;
+            sc.migrate_after = 100_000;
+            let w = run(sc);
+            migrated(&w);
+        }
+    }
+}
+
+#[test]
+fn timestamps_on_and_off_per_leg() {
+    for (k, (server, old, new)) in [
+        (true, true, true),
+        (true, true, false),
+        (true, false, true),
+        (false, true, true),
+        (false, false, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut sc = scenario("timestamps", 200 + k as u64);
+        sc.server_ts = server;
+        sc.phone.ts = old;
+        sc.pc.ts = new;
+        sc.total = 300_000;
+        sc.migrate_after = 80_000;
+        let w = run(sc);
+        migrated(&w);
+    }
+}
+
+#[test]
+fn sack_on_and_off() {
+    for (k, (old, new)) in [(true, false), (false, true), (false, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut sc = scenario("sack", 300 + k as u64);
+        sc.phone.sack = old;
+        sc.pc.sack = new;
+        sc.pc.link.loss = 10;
+        sc.total = 300_000;
+        sc.migrate_after = 80_000;
+        let w = run(sc);
+        migrated(&w);
+    }
+}
+
+#[test]
+fn new_device_with_a_smaller_mss() {
+    let mut sc = scenario("small-mss", 400);
+    sc.pc.mtu = 576;
+    let w = run(sc);
+    migrated(&w);
+    let fr = &w.flows[0];
+    assert!(fr.eng.stats.replayed_bytes > 0, "something was replayed");
+}
+
+#[test]
+fn old_device_gone_without_acking() {
+    let mut sc = scenario("old-device-gone", 500);
+    sc.cut_old = true;
+    let w = run(sc);
+    migrated(&w);
+    assert!(
+        w.flows[0].eng.stats.replayed_bytes > 0,
+        "the bytes in flight to the vanished phone came from the cache"
+    );
+}
+
+#[test]
+fn new_device_never_connects_returns_to_the_old_device() {
+    let mut sc = scenario("never-connects", 600);
+    sc.target_connects = false;
+    sc.engine.deadline_us = 500_000;
+    let w = run(sc);
+    let fr = &w.flows[0];
+    assert_eq!(fr.cancelled, Some(Failure::Deadline), "{:?}", fr.timeline);
+    assert!(fr.reset.is_none());
+    assert_eq!(w.socks[fr.devs[&0]].rx.len() as u64, w.sc.total);
+}
+
+#[test]
+fn new_device_never_connects_and_old_is_gone_resets_both_ends() {
+    let mut sc = scenario("never-connects-old-gone", 601);
+    sc.target_connects = false;
+    sc.engine.deadline_us = 500_000;
+    let mut w = World::new(sc);
+    // The old device's application closes its socket right after the MFR: the proxy answers
+    // its FIN, so no device can take the flow when the deadline passes.
+    let mut closed = false;
+    while w.flows[0].reset.is_none() {
+        if !closed && w.flows[0].migrating {
+            let i = w.flows[0].devs[&0];
+            w.socks[i].host.socket().close();
+            closed = true;
+        }
+        w.step();
+    }
+    let fr = &w.flows[0];
+    assert_eq!(fr.reset, Some(Failure::Deadline), "{:?}", fr.timeline);
+    assert_eq!(fr.eng.phase(), Phase::Closed);
+    assert_eq!(w.budget.used, 0, "caches released");
+    // Let the RST reach the server.
+    let until = w.now + 100_000;
+    while w.now < until && w.heap.peek().is_some() {
+        w.step();
+    }
+    let si = w.flows[0].server;
+    let state = w.socks[si].host.socket().state();
+    assert!(
+        matches!(state, State::Closed | State::Listen),
+        "the server's connection was reset, not left hanging: {state}"
+    );
+}
+
+#[test]
+fn back_and_forth_ten_times() {
+    let mut sc = scenario("back-and-forth", 700);
+    sc.hops = 10;
+    sc.total = 1_500_000;
+    sc.migrate_after = 60_000;
+    let w = run(sc);
+    migrated(&w);
+    assert_eq!(w.flows[0].resumes.len(), 10);
+}
+
+#[test]
+fn a_thousand_flows_migrate_at_once() {
+    let mut sc = scenario("thousand-flows", 800);
+    sc.flows = 1000;
+    sc.total = 12_000;
+    sc.migrate_after = 4_000;
+    sc.server_tx_buf = 16 * 1024;
+    sc.phone.rx_buf = 16 * 1024;
+    sc.pc.rx_buf = 16 * 1024;
+    sc.phone.link = Link::new(20_000, 100_000_000, 0);
+    sc.pc.link = Link::new(5_000, 1_000_000_000, 0);
+    sc.budget = 256 << 20;
+    let w = run(sc);
+    migrated(&w);
+}
