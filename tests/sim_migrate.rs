@@ -23,6 +23,7 @@ mod sim;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::ops::Not;
 
 use sim::{set_clock, stream_byte, ts_pc, ts_phone, ts_server, Host, Link, Rng};
 use smoltcp::socket::tcp::{self, State};
@@ -105,6 +106,13 @@ struct Scenario {
     /// Loss (per mille) on the server's link until the first MFR (drives the server into
     /// congestion avoidance before it is frozen).
     early_server_loss: u32,
+    /// Client bytes each device writes while it holds the flow (a chat's lines): the server
+    /// must receive the old device's bytes, then the new device's, nothing lost or doubled.
+    client_bytes: u64,
+    /// The MFR carries the application's consumed offset (what the holder's app read).
+    explicit_offset: bool,
+    /// The target resets its connection as soon as the replay starts.
+    target_resets: bool,
     engine: EngineConfig,
     budget: u64,
     max_time_us: u64,
@@ -126,12 +134,28 @@ fn scenario(name: &'static str, seed: u64) -> Scenario {
         target_connects: true,
         cut_old: false,
         early_server_loss: 0,
+        client_bytes: 0,
+        explicit_offset: false,
+        target_resets: false,
         engine: EngineConfig {
             deadline_us: 3_000_000,
             ..EngineConfig::default()
         },
         budget: 1 << 30,
         max_time_us: 120_000_000,
+    }
+}
+
+impl Sock {
+    fn host_state(&self) -> State {
+        self.host.sockets.get::<tcp::Socket>(self.host.tcp).state()
+    }
+
+    fn unacked(&self) -> u64 {
+        self.host
+            .sockets
+            .get::<tcp::Socket>(self.host.tcp)
+            .send_queue() as u64
     }
 }
 
@@ -154,6 +178,11 @@ struct FlowRec {
     holder: u32,
     /// (generation, resume offset) for every device that took the stream after the first.
     resumes: Vec<(u32, u64)>,
+    /// (generation, offset in the server's received stream where its data starts).
+    client_starts: Vec<(u32, u64)>,
+    /// What the holder's application had read when the MFR went out.
+    consumed_at_mfr: Vec<u64>,
+    refusals: Vec<Refusal>,
     hops_done: usize,
     migrating: bool,
     cancelled: Option<Failure>,
@@ -165,6 +194,9 @@ struct FlowRec {
     s_fin: bool,
     retx_migrating: u64,
     retx_total: u64,
+    /// (time, stream offset, length) of each server retransmission.
+    retx_log: Vec<(u64, u32, u32)>,
+    s_isn: SeqNumber,
     violations: Vec<String>,
     timeline: Vec<Event>,
 }
@@ -181,6 +213,30 @@ struct World {
     heap: BinaryHeap<Reverse<(u64, bool, usize)>>,
     budget: Budget,
     steps: u64,
+}
+
+/// Reads everything the socket holds into `rx`.
+fn read_all(sock: &mut tcp::Socket<'static>, rx: &mut Vec<u8>) -> bool {
+    let mut progressed = false;
+    while sock.can_recv() {
+        let got = sock
+            .recv(|b| {
+                let n = b.len();
+                (n, b.to_vec())
+            })
+            .unwrap_or_default();
+        if got.is_empty() {
+            break;
+        }
+        rx.extend_from_slice(&got);
+        progressed = true;
+    }
+    progressed
+}
+
+/// The id of the client stream device `gen` of `flow` writes.
+fn client_stream(flow: usize, gen: u32) -> u64 {
+    1_000_000 + flow as u64 * 64 + u64::from(gen)
 }
 
 fn mport(flow: usize, gen: u32) -> u16 {
@@ -290,6 +346,9 @@ impl World {
                 devs: HashMap::new(),
                 holder: 0,
                 resumes: Vec::new(),
+                client_starts: Vec::new(),
+                consumed_at_mfr: Vec::new(),
+                refusals: Vec::new(),
                 hops_done: 0,
                 migrating: false,
                 cancelled: None,
@@ -301,6 +360,8 @@ impl World {
                 s_fin: false,
                 retx_migrating: 0,
                 retx_total: 0,
+                retx_log: Vec::new(),
+                s_isn: SeqNumber(0),
                 violations: Vec::new(),
                 timeline: Vec::new(),
             });
@@ -394,6 +455,7 @@ impl World {
             };
             (self.socks[si].flow, Leg::Device(self.socks[si].gen))
         };
+        self.trace("in ", flow, leg, &m);
         if leg == Leg::Server {
             self.observe_server_sends(flow, &m);
         } else if !self.spec(from).sack && m.flags.has(TcpFlags::SYN) {
@@ -441,8 +503,20 @@ impl World {
             Event::Connected {
                 device,
                 resume_offset,
+                client_offset,
                 ..
-            } => fr.resumes.push((device, resume_offset)),
+            } => {
+                fr.resumes.push((device, resume_offset));
+                fr.client_starts.push((device, client_offset));
+            }
+            Event::Replaying { device, .. } => {
+                if self.sc.target_resets {
+                    let i = fr.devs[&device];
+                    self.socks[i].host.socket().abort();
+                    self.socks[i].wake = self.now;
+                    self.heap.push(Reverse((self.now, false, i)));
+                }
+            }
             Event::Resumed { device, .. } => {
                 if device != fr.holder {
                     fr.hops_done += 1;
@@ -451,16 +525,16 @@ impl World {
                 fr.migrating = false;
             }
             Event::Cancelled { reason, .. } => {
+                // The flow is still migrating (back to the old device) until `Resumed`.
                 fr.cancelled = Some(reason);
-                fr.resumes
-                    .retain(|(g, _)| *g != fr.holder + 1 && fr.devs.contains_key(g));
                 fr.resumes.clear();
+                fr.client_starts.clear();
             }
             Event::Reset { reason, .. } => {
                 fr.reset = Some(reason);
                 fr.migrating = false;
             }
-            Event::Paused { .. } | Event::Replaying { .. } => {}
+            Event::Paused { .. } => {}
         }
     }
 
@@ -492,6 +566,7 @@ impl World {
             Ok(Frame::Tcp(m)) if tsmp::wire::tcp_checksum_ok(&f, &m) => m,
             _ => self.fail("a frame toward a peer has a bad checksum"),
         };
+        self.trace("out", flow, to, &m);
         if phys == Phys::Server {
             self.observe_to_server(flow, &m);
         }
@@ -503,20 +578,47 @@ impl World {
             .send(now, ip, &mut self.rng);
     }
 
+    /// With `TSMP_SIM_TRACE=<flow>`, prints every segment through the proxy for that flow
+    /// (server numbers as stream offsets).
+    fn trace(&self, dir: &str, flow: usize, leg: Leg, m: &TcpMeta) {
+        let Some(want) = std::env::var("TSMP_SIM_TRACE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        else {
+            return;
+        };
+        if want != flow {
+            return;
+        }
+        let isn = self.flows[flow].s_isn.0.wrapping_add(1);
+        let (seq, ack) = if leg == Leg::Server {
+            (m.seq.0.wrapping_sub(isn), m.ack.0)
+        } else {
+            (m.seq.0, m.ack.0.wrapping_sub(isn))
+        };
+        eprintln!(
+            "{:>9}us {dir} {leg:?} seq={seq} ack={ack} len={} win={} flags={:#04x}",
+            self.now, m.payload_len, m.window, m.flags.0
+        );
+    }
+
     // ------------------------------------------------------- what the server sees
 
     fn observe_server_sends(&mut self, flow: usize, m: &TcpMeta) {
         let fr = &mut self.flows[flow];
         let len = m.payload_len as u32;
         if m.flags.has(TcpFlags::SYN) {
+            fr.s_isn = m.seq;
             fr.s_max = Some(m.seq + 1);
             return;
         }
         let Some(max) = fr.s_max else { return };
-        if len > 0 && m.seq.diff(max) < 0 {
+        // A one-byte segment is smoltcp's zero-window probe, not a retransmission.
+        if len > 1 && m.seq.diff(max) < 0 {
             fr.retx_total += 1;
-            // A one-byte segment is smoltcp's zero-window probe, not a retransmission.
-            if fr.migrating && len > 1 {
+            let off = m.seq.0.wrapping_sub(fr.s_isn.0.wrapping_add(1));
+            fr.retx_log.push((self.now, off, len));
+            if fr.migrating {
                 fr.retx_migrating += 1;
             }
         }
@@ -608,22 +710,27 @@ impl World {
                 s.closed = true;
                 progressed = true;
             }
+            progressed |= read_all(sock, &mut s.rx);
             return progressed;
         }
+        let fr = &self.flows[flow];
+        let writing = fr.holder == s.gen && !fr.migrating && s.closed.not();
         let sock = s.host.socket();
-        while sock.can_recv() {
-            let got = sock
-                .recv(|b| {
-                    let n = b.len();
-                    (n, b.to_vec())
+        if writing && s.sent < self.sc.client_bytes && sock.can_send() {
+            let (start, gen, limit) = (s.sent, s.gen, self.sc.client_bytes);
+            let n = sock
+                .send(|b| {
+                    let n = b.len().min((limit - start) as usize).min(700);
+                    for (k, x) in b[..n].iter_mut().enumerate() {
+                        *x = stream_byte(client_stream(flow, gen), start + k as u64);
+                    }
+                    (n, n)
                 })
-                .unwrap_or_default();
-            if got.is_empty() {
-                break;
-            }
-            s.rx.extend_from_slice(&got);
-            progressed = true;
+                .unwrap_or(0);
+            s.sent += n as u64;
+            progressed |= n > 0;
         }
+        progressed |= read_all(sock, &mut s.rx);
         if !s.closed && sock.state() == State::CloseWait {
             sock.close();
             s.closed = true;
@@ -662,7 +769,23 @@ impl World {
             if fr.retry_at > now {
                 continue;
             }
-            match fr.eng.migrate(now, None, &mut self.budget) {
+            let consumed = self.socks[holder].rx.len() as u64;
+            let start = fr
+                .resumes
+                .iter()
+                .find(|(g, _)| *g == fr.holder)
+                .map_or(0, |r| r.1);
+            let offset = self.sc.explicit_offset.then_some(start + consumed);
+            let attempt = fr.eng.migrate(now, offset, &mut self.budget);
+            if attempt.is_ok() {
+                fr.consumed_at_mfr.push(start + consumed);
+                // A second request for the same flow is refused and changes nothing.
+                let again = fr.eng.migrate(now, None, &mut self.budget);
+                if again != Err(Refusal::AlreadyMigrating) {
+                    self.fail(&format!("second MFR: {again:?}"));
+                }
+            }
+            match attempt {
                 Err(Refusal::Gap { .. }) => {
                     // Transient: the control plane retries after a round trip.
                     fr.retry_at = now + 50_000;
@@ -673,6 +796,11 @@ impl World {
                     if self.sc.target_connects {
                         fr.pending = Some((gen, holder_phys.other(), now + 10_000));
                     }
+                }
+                Err(r @ (Refusal::CacheLimit { .. } | Refusal::NotCached { .. })) => {
+                    fr.refusals.push(r);
+                    fr.cancelled = Some(Failure::CacheFull);
+                    continue;
                 }
                 Err(r) => self.fail(&format!("MFR refused: {r}")),
             }
@@ -704,7 +832,14 @@ impl World {
                 .iter()
                 .find(|(g, _)| *g == fr.holder)
                 .map_or(0, |r| r.1);
-            start + h.rx.len() as u64 >= self.sc.total && h.closed
+            let server = &self.socks[fr.server];
+            let server_done = self.sc.client_bytes == 0
+                || (server.closed
+                    && matches!(
+                        server.host_state(),
+                        State::TimeWait | State::Closed | State::Listen
+                    ));
+            start + h.rx.len() as u64 >= self.sc.total && h.closed && server_done
         })
     }
 
@@ -807,8 +942,8 @@ impl World {
                 && fr.retx_total > 0
             {
                 self.fail(&format!(
-                    "lossless links, yet the server retransmitted {} segments ({ctx})",
-                    fr.retx_total
+                    "lossless links, yet the server retransmitted {} segments {:?} ({ctx})",
+                    fr.retx_total, fr.retx_log
                 ));
             }
             // Stitch the stream: device g holds [start_g, start_{next}).
@@ -833,6 +968,9 @@ impl World {
                 }
             }
         }
+        if self.sc.client_bytes > 0 {
+            self.verify_client_stream();
+        }
         if self.budget.used != 0
             && self
                 .flows
@@ -840,6 +978,52 @@ impl World {
                 .all(|f| f.eng.phase() != Phase::Forwarding)
         {
             self.fail(&format!("{} cache bytes still charged", self.budget.used));
+        }
+    }
+}
+
+impl World {
+    /// The server received each device's client bytes in order: device g's from its start
+    /// offset to the next device's, at least everything g's stack saw acknowledged, nothing
+    /// lost, doubled or reordered; the last holder's bytes in full.
+    fn verify_client_stream(&self) {
+        for (f, fr) in self.flows.iter().enumerate() {
+            if fr.reset.is_some() {
+                continue;
+            }
+            let rx = &self.socks[fr.server].rx;
+            let mut cuts: Vec<(u32, u64)> = vec![(0, 0)];
+            cuts.extend(fr.client_starts.iter().copied());
+            for (k, &(g, start)) in cuts.iter().enumerate() {
+                let last = k + 1 == cuts.len();
+                let end = cuts.get(k + 1).map_or(rx.len() as u64, |c| c.1);
+                let s = &self.socks[fr.devs[&g]];
+                let acked = s.sent - s.unacked();
+                let got = end.saturating_sub(start);
+                if got < acked {
+                    self.fail(&format!(
+                        "flow {f}: device {g}'s stack saw {acked} client bytes acknowledged, the \
+                         server got {got} ({:?})",
+                        fr.timeline
+                    ));
+                }
+                for i in start..end {
+                    let want = stream_byte(client_stream(f, g), i - start);
+                    if i - start >= s.sent || rx[i as usize] != want {
+                        self.fail(&format!(
+                            "flow {f}: server byte {i} is not device {g}'s client byte {} ({:?})",
+                            i - start,
+                            fr.timeline
+                        ));
+                    }
+                }
+                if last && got != s.sent {
+                    self.fail(&format!(
+                        "flow {f}: the last holder wrote {} client bytes, the server got {got}",
+                        s.sent
+                    ));
+                }
+            }
         }
     }
 }
@@ -1058,4 +1242,127 @@ fn a_thousand_flows_migrate_at_once() {
     sc.budget = 256 << 20;
     let w = run(sc);
     migrated(&w);
+}
+
+#[test]
+fn chat_both_ways_across_a_migration() {
+    let mut sc = scenario("chat", 900);
+    sc.client_bytes = 60_000;
+    sc.phone.link.loss = 10;
+    let w = run(sc);
+    migrated(&w);
+    let fr = &w.flows[0];
+    assert!(
+        fr.client_starts[0].1 > 0,
+        "the old device's bytes reached the server first"
+    );
+    assert_eq!(
+        w.socks[fr.devs[&1]].sent, 60_000,
+        "the new device wrote its part"
+    );
+}
+
+#[test]
+fn old_device_gone_with_unacknowledged_client_data() {
+    // The phone is cut off right after the MFR: whatever of its data the proxy holds and the
+    // server has not acknowledged, the proxy delivers itself.
+    let mut sc = scenario("chat-old-gone", 901);
+    sc.client_bytes = 200_000;
+    sc.cut_old = true;
+    sc.server_link = Link::new(15_000, 1_000_000_000, 0);
+    let w = run(sc);
+    migrated(&w);
+}
+
+#[test]
+fn chat_back_and_forth() {
+    let mut sc = scenario("chat-back-and-forth", 902);
+    sc.client_bytes = 20_000;
+    sc.hops = 4;
+    sc.total = 900_000;
+    sc.migrate_after = 80_000;
+    let w = run(sc);
+    migrated(&w);
+    assert_eq!(w.flows[0].client_starts.len(), 4);
+}
+
+#[test]
+fn explicit_resume_offset_is_what_the_application_consumed() {
+    let mut sc = scenario("explicit-offset", 903);
+    sc.explicit_offset = true;
+    let w = run(sc);
+    migrated(&w);
+    let fr = &w.flows[0];
+    assert_eq!(
+        fr.resumes[0].1, fr.consumed_at_mfr[0],
+        "the new device starts exactly where the old application stopped reading"
+    );
+}
+
+#[test]
+fn explicit_offset_no_longer_cached_is_refused() {
+    let mut w = World::new(scenario("offset-refused", 904));
+    while w.socks[w.flows[0].devs[&0]].rx.len() < 100_000 {
+        w.sc.hops = 0; // the harness's control plane stays out of the way
+        w.step();
+    }
+    let now = w.now;
+    let r = w.flows[0].eng.migrate(now, Some(10), &mut w.budget);
+    assert!(
+        matches!(r, Err(Refusal::NotCached { offset: 10, .. })),
+        "{r:?}"
+    );
+    let r = w.flows[0]
+        .eng
+        .migrate(now, Some(u64::from(u32::MAX)), &mut w.budget);
+    assert!(
+        matches!(r, Err(Refusal::OffsetBeyondStream { .. })),
+        "{r:?}"
+    );
+    assert!(r.unwrap_err().to_string().contains("beyond"));
+    assert_eq!(
+        w.flows[0].eng.phase(),
+        Phase::Forwarding,
+        "refusals change nothing"
+    );
+    w.sc.hops = 0;
+    w.run();
+    w.verify();
+}
+
+#[test]
+fn new_device_resets_during_replay_returns_to_the_old_device() {
+    let mut sc = scenario("target-resets", 905);
+    sc.target_resets = true;
+    let w = run(sc);
+    let fr = &w.flows[0];
+    assert_eq!(
+        fr.cancelled,
+        Some(Failure::NewDeviceReset),
+        "{:?}",
+        fr.timeline
+    );
+    assert_eq!(
+        w.socks[fr.devs[&0]].rx.len() as u64,
+        w.sc.total,
+        "the phone got it all"
+    );
+}
+
+#[test]
+fn flow_cache_limit_refuses_the_migration_and_the_flow_goes_on() {
+    let mut sc = scenario("cache-limit", 906);
+    sc.engine.flow_cache_bytes = 16 * 1024;
+    let w = run(sc);
+    let fr = &w.flows[0];
+    // The rolling cache could not hold a round trip of data: the resume point is not cached,
+    // and the refusal says which limit to raise.
+    let r = fr.refusals.first().expect("the MFR was refused");
+    assert!(
+        matches!(r, Refusal::CacheLimit { .. } | Refusal::NotCached { .. }),
+        "{r:?}"
+    );
+    assert!(r.to_string().contains("raise"), "{r}");
+    assert!(fr.eng.stats.rolling_overflow > 0, "the overflow is counted");
+    assert_eq!(w.socks[fr.devs[&0]].rx.len() as u64, w.sc.total);
 }

@@ -274,6 +274,9 @@ pub enum Event {
         device: u32,
         /// Resume point as an application offset (bytes of the server's stream, mod 2^32).
         resume_offset: u64,
+        /// Where the target's data starts in the stream the server receives (bytes, mod
+        /// 2^32): everything before it came from earlier devices.
+        client_offset: u64,
         /// When.
         at: u64,
     },
@@ -351,6 +354,8 @@ pub struct EngineStats {
 #[derive(Debug, Clone, Copy, Default)]
 struct ServerLeg {
     s_isn: SeqNumber,
+    /// The client side's ISN as the server knows it.
+    c_isn: SeqNumber,
     /// One past the highest server data byte seen (FIN excluded).
     s_next: SeqNumber,
     s_fin: bool,
@@ -394,6 +399,8 @@ struct DeviceLeg {
     nxt: SeqNumber,
     /// The device's latest ACK (server space).
     ack: SeqNumber,
+    /// One past the highest server byte forwarded to it (server space).
+    fwd_end: SeqNumber,
     wnd_raw: u16,
     tsval: u32,
     /// Shift of the device's windows.
@@ -408,9 +415,24 @@ struct DeviceLeg {
     fin: bool,
     gone: bool,
     closing: Option<Closing>,
+    /// The highest ACK the device was sent (device space).
+    acked: SeqNumber,
+    /// Once a target connected: one past the last of this device's bytes the server gets
+    /// (device space). The proxy never acknowledges beyond it.
+    accept_end: Option<SeqNumber>,
 }
 
 impl DeviceLeg {
+    /// The ACK field toward a closing device: what was accepted, plus its FIN if that directly
+    /// follows.
+    fn closing_ack(&self, accepted: SeqNumber) -> SeqNumber {
+        if self.fin && accepted + 1 == self.nxt {
+            self.nxt
+        } else {
+            accepted
+        }
+    }
+
     fn alive(&self) -> bool {
         !self.gone && !self.fin && self.closing.is_none()
     }
@@ -593,6 +615,7 @@ impl<B: SharedBuf> Engine<B> {
                 isn: SeqNumber(0),
                 nxt: SeqNumber(0),
                 ack: SeqNumber(0),
+                fwd_end: SeqNumber(0),
                 wnd_raw: 0,
                 tsval: 0,
                 ws: 0,
@@ -604,6 +627,8 @@ impl<B: SharedBuf> Engine<B> {
                 fin: false,
                 gone: false,
                 closing: None,
+                acked: SeqNumber(0),
+                accept_end: None,
             },
             retiring: None,
             state: State::Handshake,
@@ -800,6 +825,7 @@ impl<B: SharedBuf> Engine<B> {
                 let d = &mut self.dev;
                 d.isn = seg.seq;
                 d.nxt = seg.seq + 1;
+                d.acked = seg.seq + 1;
                 d.mss = seg.mss.unwrap_or(536);
                 d.ws = seg.ws.unwrap_or(0);
                 d.ws_offered = seg.ws.is_some();
@@ -808,6 +834,7 @@ impl<B: SharedBuf> Engine<B> {
                 d.tsval = seg.tsval.unwrap_or(0);
                 d.wnd_raw = seg.window;
                 self.srv.c_next = seg.seq + 1;
+                self.srv.c_isn = seg.seq;
                 self.srv.c_una = seg.seq;
                 self.srv.c_tsval = d.tsval;
                 (State::Handshake, Verdict::Forward(Leg::Server, buf))
@@ -832,6 +859,7 @@ impl<B: SharedBuf> Engine<B> {
                 d.ts = s.ts;
                 d.sack = s.sack;
                 d.ack = seg.seq + 1;
+                d.fwd_end = seg.seq + 1;
                 d.sp = Splice {
                     s2c: 0,
                     c2s: 0,
@@ -910,6 +938,15 @@ impl<B: SharedBuf> Engine<B> {
         let closed = seg.has(TcpFlags::RST);
         let d = self.dev;
         self.rewrite_to_device(&mut buf, &d, &seg);
+        if seg.end().diff(self.dev.fwd_end) > 0 {
+            self.dev.fwd_end = seg.end();
+        }
+        if let Some(a) = seg.ack {
+            let a = a - d.sp.c2s;
+            if a.diff(self.dev.acked) > 0 {
+                self.dev.acked = a;
+            }
+        }
         let to = Leg::Device(self.dev.gen);
         if closed {
             c.release(budget);
@@ -1171,29 +1208,37 @@ impl<B: SharedBuf> Engine<B> {
             let floor = self.dev.ack - self.cfg.keep_acked_bytes;
             caches.s2c.trim_below(floor, budget, drop);
         }
-        if seg.has(TcpFlags::FIN) || self.dev.closing.is_some() {
+        let mut verdict = Verdict::Consumed;
+        let closing = seg.has(TcpFlags::FIN) || self.dev.closing.is_some();
+        if seg.len > 0 && accept_data && self.dev.closing.is_none() {
+            // Client data: the proxy takes responsibility (caches, ACKs, delivers to the
+            // server).
+            let d = self.dev;
+            let stored = matches!(
+                caches
+                    .c2s
+                    .insert(seg.seq + d.sp.c2s, buf.share(), seg.off, seg.len, budget),
+                Inserted::Stored(_)
+            );
+            if !closing {
+                let ack = self.device_ack_field(&d, &caches.c2s);
+                self.send_to_device(&d, d.ack + d.sp.s2c, ack, TcpFlags::ACK);
+                self.dev.acked = self.dev.acked.max_seq(ack);
+            }
+            if stored {
+                verdict = Verdict::Forward(Leg::Server, self.frozen_c2s(&d, &seg, buf, rcv_nxt));
+            }
+        }
+        if closing {
             let mut leg = self.dev;
-            self.closing_segment(now, &mut leg, &seg);
+            let mut accepted = self.device_ack_field(&leg, &caches.c2s);
+            if let Some(e) = leg.accept_end {
+                accepted = accepted.min_seq(e);
+            }
+            self.closing_segment(now, &mut leg, &seg, accepted);
             self.dev = leg;
-            return Verdict::Consumed;
         }
-        if seg.len == 0 || !accept_data {
-            return Verdict::Consumed;
-        }
-        // Client data: the proxy takes responsibility (caches, ACKs, delivers to the server).
-        let d = self.dev;
-        let stored = matches!(
-            caches
-                .c2s
-                .insert(seg.seq + d.sp.c2s, buf.share(), seg.off, seg.len, budget),
-            Inserted::Stored(_)
-        );
-        let ack = self.device_ack_field(&d, &caches.c2s);
-        self.send_to_device(&d, d.ack + d.sp.s2c, ack, TcpFlags::ACK);
-        if !stored {
-            return Verdict::Consumed;
-        }
-        Verdict::Forward(Leg::Server, self.frozen_c2s(&d, &seg, buf, rcv_nxt))
+        verdict
     }
 
     /// A device's data segment toward the server while it is frozen: client numbers translated,
@@ -1207,6 +1252,8 @@ impl<B: SharedBuf> Engine<B> {
             sp.device_to_server(v, seg.seq, seg.ack.unwrap_or(rcv_nxt), seg.window);
             v.set_ack(rcv_nxt);
             v.set_window(0);
+            // A device's FIN never reaches the frozen server.
+            v.set_flags(seg.flags.0 & !TcpFlags::FIN);
             if strip_sack {
                 v.strip_sack();
             }
@@ -1278,6 +1325,7 @@ impl<B: SharedBuf> Engine<B> {
             isn,
             nxt: isn + 1,
             ack: resume,
+            fwd_end: resume,
             wnd_raw: seg.window,
             tsval: seg.tsval.unwrap_or(0),
             ws: if ws { seg.ws.unwrap_or(0).min(14) } else { 0 },
@@ -1289,12 +1337,17 @@ impl<B: SharedBuf> Engine<B> {
             fin: false,
             gone: false,
             closing: None,
+            acked: isn + 1,
+            accept_end: None,
         };
+        // The old device's bytes end where the target's begin.
+        self.dev.accept_end = Some(s.c_next - self.dev.sp.c2s);
         let (end, fin) = data_end(&p.freeze);
         let sender = ReplaySender::new(self.cfg.sender, resume, end, fin, u32::from(mss), 0);
         self.events.push_back(Event::Connected {
             device: p.target,
             resume_offset: self.offset_of(resume),
+            client_offset: u64::from(s.c_next.0.wrapping_sub((self.srv.c_isn + 1).0)),
             at: now,
         });
         let r = Resuming {
@@ -1393,6 +1446,7 @@ impl<B: SharedBuf> Engine<B> {
                 return (State::Resuming(r), Verdict::Drop(buf));
             }
             r.established = true;
+            r.deadline = now + self.cfg.deadline_us;
             self.events.push_back(Event::Replaying {
                 device: leg.gen,
                 at: now,
@@ -1400,7 +1454,12 @@ impl<B: SharedBuf> Engine<B> {
         }
         Self::observe_device(&mut leg, &seg);
         if let Some(a) = seg.ack {
+            let una = r.sender.snd_una();
             r.sender.on_ack(now, a - leg.sp.s2c, leg.wnd_bytes());
+            if r.sender.snd_una() != una {
+                // Progress: the stall bound starts again.
+                r.deadline = now + self.cfg.deadline_us;
+            }
         }
         let mut verdict = Verdict::Consumed;
         if seg.len > 0 {
@@ -1490,7 +1549,8 @@ impl<B: SharedBuf> Engine<B> {
         }
         if old.closing.is_none() {
             let fin_seq = old.ack + old.sp.s2c;
-            self.send_to_device(&old, fin_seq, old.nxt, TcpFlags::FIN | TcpFlags::ACK);
+            old.acked = old.closing_ack(old.accept_end.unwrap_or(old.acked));
+            self.send_to_device(&old, fin_seq, old.acked, TcpFlags::FIN | TcpFlags::ACK);
             old.closing = Some(Closing {
                 fin_seq,
                 tries: 1,
@@ -1503,7 +1563,7 @@ impl<B: SharedBuf> Engine<B> {
 
     /// A segment from a device whose sub-connection is closing: answer its FIN, note the ACK of
     /// ours; a late ACK that shows more data received moves our FIN after it.
-    fn closing_segment(&mut self, now: u64, leg: &mut DeviceLeg, seg: &Seg) {
+    fn closing_segment(&mut self, now: u64, leg: &mut DeviceLeg, seg: &Seg, accepted: SeqNumber) {
         if seg.has(TcpFlags::RST) {
             leg.gone = true;
             return;
@@ -1522,17 +1582,19 @@ impl<B: SharedBuf> Engine<B> {
                 next_at: now + 1_000_000,
                 acked: false,
             });
+            leg.acked = leg.closing_ack(accepted);
             let l = *leg;
-            self.send_to_device(&l, fin_seq, l.nxt, TcpFlags::FIN | TcpFlags::ACK);
+            self.send_to_device(&l, fin_seq, l.acked, TcpFlags::FIN | TcpFlags::ACK);
             return;
         };
+        leg.acked = leg.closing_ack(accepted);
         if seg.ack == Some(c.fin_seq + 1) {
             c.acked = true;
         } else if let Some(a) = seg.ack.filter(|a| !c.acked && a.diff(c.fin_seq) > 0) {
             // The device had received more than its last ACK said: our FIN goes after that.
             c.fin_seq = a;
             let l = *leg;
-            self.send_to_device(&l, a, l.nxt, TcpFlags::FIN | TcpFlags::ACK);
+            self.send_to_device(&l, a, l.acked, TcpFlags::FIN | TcpFlags::ACK);
         } else if seg.has(TcpFlags::FIN) || seg.len > 0 {
             let l = *leg;
             let seq = c.fin_seq + u32::from(c.acked);
@@ -1541,14 +1603,15 @@ impl<B: SharedBuf> Engine<B> {
             } else {
                 TcpFlags::FIN | TcpFlags::ACK
             };
-            self.send_to_device(&l, seq, l.nxt, flags);
+            self.send_to_device(&l, seq, l.acked, flags);
         }
         leg.closing = Some(c);
     }
 
     fn on_retiring(&mut self, now: u64, seg: Seg) {
         let Some(mut leg) = self.retiring else { return };
-        self.closing_segment(now, &mut leg, &seg);
+        let accepted = leg.accept_end.unwrap_or(leg.acked);
+        self.closing_segment(now, &mut leg, &seg, accepted);
         let done = leg.gone || (leg.fin && leg.closing.is_some_and(|c| c.acked));
         self.retiring = (!done).then_some(leg);
     }
@@ -1593,7 +1656,10 @@ impl<B: SharedBuf> Engine<B> {
                 self.reset_device(&t);
             }
         }
-        if self.dev.alive() && !old_is_target && reason != Failure::ServerReset {
+        // The old device can take the flow back only if the target's data did not reach the
+        // server (its client numbers continue the old device's).
+        let target_sent = target.is_some_and(|t| t.nxt != t.isn + 1);
+        if self.dev.alive() && !old_is_target && !target_sent && reason != Failure::ServerReset {
             self.stats.cancelled += 1;
             self.events.push_back(Event::Cancelled {
                 reason,
@@ -1605,6 +1671,9 @@ impl<B: SharedBuf> Engine<B> {
             // Replay what the old device has not acknowledged (or, if the cache starts later
             // because of an explicit resume offset, from the cache's start).
             let from = caches.s2c.first_seq().map_or(d.ack, |f| d.ack.max_seq(f));
+            // The old device's last ACK seen lags by a round trip: what the proxy forwarded to it
+            // is in flight, not to be sent again (its duplicate ACKs would reach the server
+            // after the splice); only the bytes cached while frozen are new to it.
             let sender = ReplaySender::new(
                 self.cfg.sender,
                 from,
@@ -1612,8 +1681,9 @@ impl<B: SharedBuf> Engine<B> {
                 fin,
                 u32::from(d.mss),
                 d.wnd_bytes(),
-            );
-            return State::Resuming(Box::new(Resuming {
+            )
+            .with_in_flight(now, d.fwd_end);
+            let r = Box::new(Resuming {
                 caches,
                 freeze,
                 sender,
@@ -1621,9 +1691,11 @@ impl<B: SharedBuf> Engine<B> {
                 established: true,
                 synack: (0, u64::MAX),
                 c_fixed: self.srv.c_next,
-                deadline: u64::MAX,
+                deadline: now + self.cfg.deadline_us,
                 c2s: C2sDelivery::new(),
-            }));
+            });
+            // Nothing may be left to send (the old device has it all): splice at once.
+            return self.check_resumed(now, r, budget);
         }
         // Nobody can take the stream: reset both ends cleanly.
         self.stats.reset += 1;
@@ -1667,8 +1739,8 @@ impl<B: SharedBuf> Engine<B> {
                 .flatten()
                 .min(),
             State::Resuming(r) => {
-                let hs = (!r.established).then_some(r.synack.1.min(r.deadline));
-                [hs, r.sender.poll_timeout(), r.c2s.next_at, None]
+                let hs = (!r.established).then_some(r.synack.1);
+                [hs, Some(r.deadline), r.sender.poll_timeout(), r.c2s.next_at]
                     .into_iter()
                     .flatten()
                     .min()
@@ -1724,19 +1796,24 @@ impl<B: SharedBuf> Engine<B> {
         mut r: Box<Resuming<B>>,
         budget: &mut Budget,
     ) -> State<B> {
-        if !r.established {
-            if now >= r.deadline {
-                return self.fail_resuming(now, r, Failure::Deadline, budget);
+        if now >= r.deadline {
+            // Before the handshake: the target did not connect in time; after it: the replay
+            // made no progress for a whole deadline.
+            let why = if r.established {
+                Failure::ReplayStalled
+            } else {
+                Failure::Deadline
+            };
+            return self.fail_resuming(now, r, why, budget);
+        }
+        if !r.established && now >= r.synack.1 {
+            if r.synack.0 >= self.cfg.synack_retries {
+                return self.fail_resuming(now, r, Failure::NewDeviceSilent, budget);
             }
-            if now >= r.synack.1 {
-                if r.synack.0 >= self.cfg.synack_retries {
-                    return self.fail_resuming(now, r, Failure::NewDeviceSilent, budget);
-                }
-                // //= rfc6298#section-5 (5.5): back off the SYN-ACK timer.
-                r.synack.0 += 1;
-                r.synack.1 = now + (1_000_000u64 << r.synack.0.min(6));
-                self.syn_ack(&r);
-            }
+            // //= rfc6298#section-5 (5.5): back off the SYN-ACK timer.
+            r.synack.0 += 1;
+            r.synack.1 = now + (1_000_000u64 << r.synack.0.min(6));
+            self.syn_ack(&r);
         }
         r.sender.on_timeout(now);
         if r.sender.consecutive_timeouts() > self.cfg.replay_timeouts {
@@ -1828,7 +1905,7 @@ impl<B: SharedBuf> Engine<B> {
                 c.tries += 1;
                 c.next_at = now + (1_000_000u64 << c.tries.min(6));
                 leg.closing = Some(c);
-                self.send_to_device(&leg, c.fin_seq, leg.nxt, TcpFlags::FIN | TcpFlags::ACK);
+                self.send_to_device(&leg, c.fin_seq, leg.acked, TcpFlags::FIN | TcpFlags::ACK);
             }
             if which {
                 self.retiring = (!leg.gone).then_some(leg);

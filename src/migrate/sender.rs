@@ -148,6 +148,24 @@ impl ReplaySender {
         self.end + u32::from(self.fin)
     }
 
+    /// The receiver was already sent `[start, until)` by someone else (the bytes the proxy
+    /// forwarded to the old device before a cancelled migration): they count as in flight, so
+    /// they are retransmitted only on loss (duplicate ACKs or the timer), never sent twice.
+    pub fn with_in_flight(mut self, now: u64, until: SeqNumber) -> ReplaySender {
+        let until = if until.diff(self.end) > 0 {
+            self.end
+        } else {
+            until
+        };
+        if until.diff(self.snd_una) > 0 {
+            self.snd_nxt = until;
+            self.snd_max = until;
+            self.recover = until;
+            self.arm(now);
+        }
+        self
+    }
+
     /// More data to send: the server's late segments arrived in the pause cache while the
     /// replay runs. `end` never moves back; a FIN is taken only once and only at the end.
     pub fn extend(&mut self, end: SeqNumber, fin: bool) {
@@ -234,7 +252,15 @@ impl ReplaySender {
     /// bytes (already scaled).
     pub fn on_ack(&mut self, now: u64, ack: SeqNumber, wnd: u32) {
         if ack.diff(self.snd_max) > 0 {
-            return; // acknowledges data never sent: ignore
+            if ack.diff(self.final_seq()) > 0 {
+                return; // beyond everything this replay covers: ignore
+            }
+            // The receiver holds bytes it got before the replay started (the old device when a
+            // migration is cancelled): they count as sent and acknowledged, without an RTT
+            // sample.
+            self.snd_max = ack;
+            self.snd_nxt = ack;
+            self.timed = None;
         }
         let window_changed = wnd != self.rwnd;
         self.rwnd = wnd;
