@@ -547,10 +547,15 @@ impl Mbuf {
 
     /// The packet data of the first segment, writable.
     ///
-    /// Cloned mbufs share their data; this layer never clones, so the data is ours to write.
+    /// A [`Mbuf::share`]d mbuf has several owners of the same bytes: a write through one is seen
+    /// through the others. The only sharing user, the migration engine, writes the headers of
+    /// the handle it forwards and reads the payload through the one it caches; it never writes
+    /// the payload.
     #[inline(always)]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `data`, and &mut self gives exclusive access to our only reference.
+        // SAFETY: as in `data`; &mut self makes this handle's borrow exclusive, and no borrow
+        // through another handle of a shared mbuf is live at the same time (handles are used
+        // sequentially on one lcore).
         unsafe {
             let m = self.raw.as_ptr();
             std::slice::from_raw_parts_mut(sys::rte_pktmbuf_mtod(m), usize::from((*m).data_len))
@@ -609,11 +614,48 @@ impl Mbuf {
         true
     }
 
+    /// Another owning handle to the same mbuf: the reference count goes up by one, each handle
+    /// drops its own reference, the mbuf returns to its pool with the last. This is how the
+    /// migration engine caches a segment it also forwards, without copying the payload. (PMDs
+    /// with the `MBUF_FAST_FREE` TX offload assume a count of 1; the appliance never enables
+    /// it.)
+    pub fn share(&self) -> Mbuf {
+        // SAFETY: we own a reference to a valid mbuf; raising the count by one creates the
+        // reference the new handle owns (single segment or chain: the count is the first
+        // segment's, which rte_pktmbuf_free honours for the whole chain).
+        unsafe { sys::rte_mbuf_refcnt_update(self.raw.as_ptr(), 1) };
+        Mbuf { raw: self.raw }
+    }
+
+    /// The reference count (1 unless shared).
+    pub fn refcnt(&self) -> u16 {
+        // SAFETY: reading the count of an mbuf we hold a reference to.
+        unsafe { sys::rte_mbuf_refcnt_read(self.raw.as_ptr()) }
+    }
+
     /// Prefetches the first cache line of the packet data.
     #[inline(always)]
     pub fn prefetch(&self) {
         // SAFETY: prefetching any address is harmless; this one is inside our buffer.
         unsafe { sys::rte_prefetch0(sys::rte_pktmbuf_mtod(self.raw.as_ptr()).cast::<c_void>()) }
+    }
+}
+
+impl AsRef<[u8]> for Mbuf {
+    fn as_ref(&self) -> &[u8] {
+        self.data()
+    }
+}
+
+impl AsMut<[u8]> for Mbuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.data_mut()
+    }
+}
+
+impl crate::migrate::engine::SharedBuf for Mbuf {
+    fn share(&self) -> Self {
+        Mbuf::share(self)
     }
 }
 

@@ -8,6 +8,8 @@
 //! livelocks (bounded steps and virtual time).
 #![allow(dead_code)]
 
+pub mod migration;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
