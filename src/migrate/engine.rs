@@ -163,6 +163,9 @@ pub enum Failure {
     CacheFull,
     /// The server reset the connection.
     ServerReset,
+    /// Client bytes the server is owed never reached the proxy and their sender (the old
+    /// device) is gone: nobody can deliver them.
+    ClientDataLost,
 }
 
 impl Failure {
@@ -175,6 +178,7 @@ impl Failure {
             Failure::ReplayStalled => "replay_stalled",
             Failure::CacheFull => "cache_full",
             Failure::ServerReset => "server_reset",
+            Failure::ClientDataLost => "client_data_lost",
         }
     }
 }
@@ -463,6 +467,8 @@ impl<B: SharedBuf> Caches<B> {
 struct C2sDelivery {
     rto_us: u64,
     next_at: Option<u64>,
+    /// The server's ACK when the timer was last (re)started.
+    una: SeqNumber,
 }
 
 impl C2sDelivery {
@@ -472,6 +478,7 @@ impl C2sDelivery {
         C2sDelivery {
             rto_us: Self::INITIAL_RTO_US,
             next_at: None,
+            una: SeqNumber(0),
         }
     }
 }
@@ -507,7 +514,11 @@ struct Resuming<B> {
     synack: (u32, u64),
     /// Client bytes below this are the old device's (the proxy delivers them).
     c_fixed: SeqNumber,
+    /// Stall bound: no progress for a whole migration deadline.
     deadline: u64,
+    /// Absolute bound: ten deadlines after the resumption began (a server's one-byte window
+    /// probes are progress, yet must not keep a resumption alive forever).
+    give_up: u64,
     c2s: C2sDelivery,
 }
 
@@ -605,6 +616,7 @@ impl<B: SharedBuf> Engine<B> {
             device_sack: false,
             replayed_end: SeqNumber(0),
             edge: SeqNumber(0),
+            ack_floor: SeqNumber(0),
         };
         Engine {
             cfg,
@@ -682,6 +694,51 @@ impl<B: SharedBuf> Engine<B> {
         }
     }
 
+    /// A multi-line description of the flow's legs and migration state (operator inspection,
+    /// test failures).
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = format!(
+            "phase {:?}\nserver {:#?}\ndevice {:#?}\n",
+            self.phase(),
+            self.srv,
+            self.dev
+        );
+        if let Some(r) = &self.retiring {
+            let _ = writeln!(out, "retiring {r:#?}");
+        }
+        let (caches, extra) = match &self.state {
+            State::Forwarding(c) => (Some(c), String::new()),
+            State::Paused(p) => (
+                Some(&p.caches),
+                format!(
+                    "freeze {:?} resume {:?} target {}",
+                    p.freeze, p.resume, p.target
+                ),
+            ),
+            State::Resuming(r) => (
+                Some(&r.caches),
+                format!(
+                    "freeze {:?}\nsender {:?}\ntarget {:#?}\nestablished {} c_fixed {:?}",
+                    r.freeze, r.sender, r.leg, r.established, r.c_fixed
+                ),
+            ),
+            _ => (None, String::new()),
+        };
+        if let Some(c) = caches {
+            let _ = writeln!(
+                out,
+                "s2c cache {} bytes from {:?}; c2s cache {} bytes from {:?} to {:?}",
+                c.s2c.bytes(),
+                c.s2c.first_seq(),
+                c.c2s.bytes(),
+                c.c2s.first_seq(),
+                c.c2s.end_seq()
+            );
+        }
+        out + &extra
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -725,7 +782,8 @@ impl<B: SharedBuf> Engine<B> {
     /// The ACK field toward a device: client bytes the server acknowledged or the proxy holds.
     fn device_ack_field(&self, leg: &DeviceLeg, c2s: &SegmentCache<B>) -> SeqNumber {
         let held = c2s.contiguous_end(self.srv.c_una).max_seq(self.srv.c_una);
-        (held - leg.sp.c2s).max_seq(leg.isn + 1)
+        let ack = (held - leg.sp.c2s).max_seq(leg.isn + 1);
+        leg.accept_end.map_or(ack, |e| ack.min_seq(e))
     }
 
     fn device_ts(&self, leg: &DeviceLeg) -> Option<(u32, u32)> {
@@ -781,8 +839,17 @@ impl<B: SharedBuf> Engine<B> {
             (State::Paused(mut p), Leg::Device(g)) if g == self.dev.gen => {
                 let trim = p.resume == Resume::FollowOld;
                 let rcv_nxt = p.freeze.rcv_nxt();
-                let v =
-                    self.on_old_device(now, &mut p.caches, rcv_nxt, trim, true, seg, buf, budget);
+                let p2 = &mut *p;
+                let v = self.on_old_device(
+                    now,
+                    &mut p2.caches,
+                    rcv_nxt,
+                    trim,
+                    &mut p2.c2s,
+                    seg,
+                    buf,
+                    budget,
+                );
                 (State::Paused(p), v)
             }
             (State::Paused(p), Leg::Device(g)) if g == p.target => {
@@ -798,10 +865,20 @@ impl<B: SharedBuf> Engine<B> {
             }
             (State::Resuming(mut r), Leg::Device(g)) if g == self.dev.gen => {
                 // The resume point is fixed and the client numbers are handed to the target:
-                // the old device's ACKs trim nothing and its new data is not accepted.
+                // the old device's ACKs trim nothing, and of its data only what lies below the
+                // target's first byte is accepted.
                 let rcv_nxt = r.freeze.rcv_nxt();
-                let v =
-                    self.on_old_device(now, &mut r.caches, rcv_nxt, false, false, seg, buf, budget);
+                let r2 = &mut *r;
+                let v = self.on_old_device(
+                    now,
+                    &mut r2.caches,
+                    rcv_nxt,
+                    false,
+                    &mut r2.c2s,
+                    seg,
+                    buf,
+                    budget,
+                );
                 (State::Resuming(r), v)
             }
             (state, Leg::Device(g)) if self.retiring.is_some_and(|l| l.gen == g) => {
@@ -814,7 +891,32 @@ impl<B: SharedBuf> Engine<B> {
         if matches!(v, Verdict::Forward(..)) {
             self.stats.forwarded += 1;
         }
+        self.arm_c2s(now);
         v
+    }
+
+    /// While frozen, the proxy answers for client bytes it holds that the server has not
+    /// acknowledged: keep the delivery timer running whenever there are some (after every
+    /// input, so no path can forget it).
+    fn arm_c2s(&mut self, now: u64) {
+        let una = self.srv.c_una;
+        let (d, c2s) = match &mut self.state {
+            State::Paused(p) => (&mut p.c2s, &p.caches.c2s),
+            State::Resuming(r) => (&mut r.c2s, &r.caches.c2s),
+            _ => return,
+        };
+        let outstanding = c2s.end_seq().is_some_and(|e| e.diff(una) > 0);
+        if !outstanding {
+            d.next_at = None;
+            d.rto_us = C2sDelivery::INITIAL_RTO_US;
+        } else if d.next_at.is_none() || una != d.una {
+            // //= rfc6298#section-5 (5.3): an ACK of new data restarts the timer.
+            if una != d.una {
+                d.rto_us = C2sDelivery::INITIAL_RTO_US;
+            }
+            d.next_at = Some(now + d.rto_us);
+        }
+        d.una = una;
     }
 
     /// //= rfc9293#section-3.5 the three-way handshake passes through; the engine learns what
@@ -871,6 +973,7 @@ impl<B: SharedBuf> Engine<B> {
                     replayed_end: seg.seq + 1,
                     // The device's SYN window (never scaled) is the first edge the server saw.
                     edge: seg.seq + 1 + u32::from(d.wnd_raw),
+                    ack_floor: seg.seq + 1,
                 };
                 let limit = self.cfg.flow_cache_bytes;
                 let caches = Caches {
@@ -959,9 +1062,15 @@ impl<B: SharedBuf> Engine<B> {
     fn rewrite_to_device(&self, buf: &mut B, leg: &DeviceLeg, seg: &Seg) {
         let s_ws = self.srv.s_ws;
         let strip_ts = self.srv.ts && !leg.ts;
+        let lift = pure_ack(seg)
+            .then_some(leg.ack)
+            .filter(|a| a.diff(seg.seq) > 0);
         rewrite(buf, |v| {
             leg.sp
                 .server_to_device(v, seg.seq, seg.ack.unwrap_or(SeqNumber(0)));
+            if let Some(a) = lift {
+                v.set_seq(a + leg.sp.s2c);
+            }
             if leg.our_ws != s_ws {
                 let bytes = u64::from(seg.window) << s_ws;
                 v.set_window(u16::try_from((bytes >> leg.our_ws).min(0xffff)).unwrap_or(u16::MAX));
@@ -1013,11 +1122,17 @@ impl<B: SharedBuf> Engine<B> {
         let mut sp = d.sp;
         let ack = seg.ack.unwrap_or(SeqNumber(0));
         let mut tsval = None;
+        let lift = pure_ack(&seg)
+            .then_some(self.srv.c_una)
+            .filter(|u| u.diff(cseq) > 0);
         rewrite(&mut buf, |v| {
             if seg.ack.is_some() {
                 sp.device_to_server(v, seg.seq, ack, seg.window);
             } else {
                 v.set_seq(cseq);
+            }
+            if let Some(u) = lift {
+                v.set_seq(u);
             }
             tsval = v.timestamps().map(|t| t.0);
         });
@@ -1123,6 +1238,7 @@ impl<B: SharedBuf> Engine<B> {
             deadline: now + self.cfg.deadline_us,
             c2s: C2sDelivery::new(),
         }));
+        self.arm_c2s(now);
         Ok(target)
     }
 
@@ -1184,8 +1300,9 @@ impl<B: SharedBuf> Engine<B> {
 
     /// A segment from the old device while a migration is in progress: its ACKs are consumed
     /// (with `trim`, they move the default resume point), its FIN is answered and its RST
-    /// swallowed, never forwarded; with `accept_data`, its data the proxy acknowledges and
-    /// delivers to the server itself.
+    /// swallowed, never forwarded; its data the proxy acknowledges and delivers to the server
+    /// itself, up to the point where a target's bytes begin (`accept_end`): below it, a
+    /// retransmission may fill a hole the server waits for.
     #[allow(clippy::too_many_arguments)]
     fn on_old_device(
         &mut self,
@@ -1193,7 +1310,7 @@ impl<B: SharedBuf> Engine<B> {
         caches: &mut Caches<B>,
         rcv_nxt: SeqNumber,
         trim: bool,
-        accept_data: bool,
+        c2s: &mut C2sDelivery,
         seg: Seg,
         buf: B,
         budget: &mut Budget,
@@ -1210,14 +1327,17 @@ impl<B: SharedBuf> Engine<B> {
         }
         let mut verdict = Verdict::Consumed;
         let closing = seg.has(TcpFlags::FIN) || self.dev.closing.is_some();
-        if seg.len > 0 && accept_data && self.dev.closing.is_none() {
+        let d = self.dev;
+        let len = d.accept_end.map_or(seg.len, |e| {
+            seg.len.min(u32::try_from(span(e, seg.seq)).unwrap_or(0))
+        });
+        if len > 0 && d.closing.is_none() {
             // Client data: the proxy takes responsibility (caches, ACKs, delivers to the
             // server).
-            let d = self.dev;
             let stored = matches!(
                 caches
                     .c2s
-                    .insert(seg.seq + d.sp.c2s, buf.share(), seg.off, seg.len, budget),
+                    .insert(seg.seq + d.sp.c2s, buf.share(), seg.off, len, budget),
                 Inserted::Stored(_)
             );
             if !closing {
@@ -1225,8 +1345,12 @@ impl<B: SharedBuf> Engine<B> {
                 self.send_to_device(&d, d.ack + d.sp.s2c, ack, TcpFlags::ACK);
                 self.dev.acked = self.dev.acked.max_seq(ack);
             }
-            if stored {
+            if stored && len == seg.len {
                 verdict = Verdict::Forward(Leg::Server, self.frozen_c2s(&d, &seg, buf, rcv_nxt));
+            } else if stored {
+                // Only part of it is the old device's: the delivery timer sends it now.
+                c2s.rto_us = C2sDelivery::INITIAL_RTO_US;
+                c2s.next_at = Some(now);
             }
         }
         if closing {
@@ -1321,6 +1445,7 @@ impl<B: SharedBuf> Engine<B> {
                 device_sack: seg.sack_perm,
                 replayed_end: resume,
                 edge: resume,
+                ack_floor: resume,
             },
             isn,
             nxt: isn + 1,
@@ -1359,6 +1484,7 @@ impl<B: SharedBuf> Engine<B> {
             synack: (0, now + 1_000_000),
             c_fixed: s.c_next,
             deadline: p.deadline.max(now + self.cfg.deadline_us),
+            give_up: now + 10 * self.cfg.deadline_us,
             c2s: p.c2s,
         };
         self.syn_ack(&r);
@@ -1498,6 +1624,7 @@ impl<B: SharedBuf> Engine<B> {
         let mut leg = r.leg.unwrap_or(self.dev);
         leg.sp.replayed_end = r.sender.end();
         leg.sp.edge = ack;
+        leg.sp.ack_floor = ack;
         let window = leg.sp.window_to_server(ack, leg.wnd_raw);
         if let Some(off) = leg.sp.ts {
             let v = leg.tsval.wrapping_add(off);
@@ -1659,7 +1786,8 @@ impl<B: SharedBuf> Engine<B> {
         // The old device can take the flow back only if the target's data did not reach the
         // server (its client numbers continue the old device's).
         let target_sent = target.is_some_and(|t| t.nxt != t.isn + 1);
-        if self.dev.alive() && !old_is_target && !target_sent && reason != Failure::ServerReset {
+        let cancellable = !matches!(reason, Failure::ServerReset | Failure::ClientDataLost);
+        if self.dev.alive() && !old_is_target && !target_sent && cancellable {
             self.stats.cancelled += 1;
             self.events.push_back(Event::Cancelled {
                 reason,
@@ -1692,6 +1820,7 @@ impl<B: SharedBuf> Engine<B> {
                 synack: (0, u64::MAX),
                 c_fixed: self.srv.c_next,
                 deadline: now + self.cfg.deadline_us,
+                give_up: now + 10 * self.cfg.deadline_us,
                 c2s: C2sDelivery::new(),
             });
             // Nothing may be left to send (the old device has it all): splice at once.
@@ -1740,10 +1869,15 @@ impl<B: SharedBuf> Engine<B> {
                 .min(),
             State::Resuming(r) => {
                 let hs = (!r.established).then_some(r.synack.1);
-                [hs, Some(r.deadline), r.sender.poll_timeout(), r.c2s.next_at]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                [
+                    hs,
+                    Some(r.deadline.min(r.give_up)),
+                    r.sender.poll_timeout(),
+                    r.c2s.next_at,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
             _ => None,
         };
@@ -1788,6 +1922,7 @@ impl<B: SharedBuf> Engine<B> {
             State::Resuming(r) => self.resuming_timeout(now, r, budget),
             s => s,
         };
+        self.arm_c2s(now);
     }
 
     fn resuming_timeout(
@@ -1796,13 +1931,20 @@ impl<B: SharedBuf> Engine<B> {
         mut r: Box<Resuming<B>>,
         budget: &mut Budget,
     ) -> State<B> {
-        if now >= r.deadline {
+        if now >= r.deadline.min(r.give_up) {
             // Before the handshake: the target did not connect in time; after it: the replay
-            // made no progress for a whole deadline.
-            let why = if r.established {
-                Failure::ReplayStalled
-            } else {
+            // made no progress for a whole deadline, or the server still waits for client bytes
+            // the proxy never received (the old device would have retransmitted them by now).
+            let hole = {
+                let una = self.srv.c_una;
+                una.diff(r.c_fixed) < 0 && r.caches.c2s.first_seq().is_none_or(|f| f.diff(una) > 0)
+            };
+            let why = if !r.established {
                 Failure::Deadline
+            } else if r.sender.done() && hole {
+                Failure::ClientDataLost
+            } else {
+                Failure::ReplayStalled
             };
             return self.fail_resuming(now, r, why, budget);
         }
@@ -1978,6 +2120,19 @@ impl<B: SharedBuf> Engine<B> {
             .flat_map(move |c| c.runs_from(seq, len))
             .map(|(_, b)| b)
     }
+}
+
+/// A segment that occupies no sequence space (no data, SYN, FIN or RST). After a timeout some
+/// stacks (smoltcp) rewind SND.NXT and send such ACKs with a sequence number below what the
+/// peer already acknowledged; the peer drops them as out of window, ACK included (RFC 9293
+/// 3.10.7.4), and two such stacks can livelock. The proxy lifts the number to the receiver's
+/// last ACK: the segment means the same and is acceptable.
+fn pure_ack(seg: &Seg) -> bool {
+    seg.len == 0
+        && seg.ack.is_some()
+        && !seg.has(TcpFlags::SYN)
+        && !seg.has(TcpFlags::FIN)
+        && !seg.has(TcpFlags::RST)
 }
 
 /// Bytes from `from` up to `to` (0 when `to` is not after `from`).

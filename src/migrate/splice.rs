@@ -46,6 +46,11 @@ pub struct Splice {
     pub replayed_end: SeqNumber,
     /// The highest right edge (server space) advertised to the server so far.
     pub edge: SeqNumber,
+    /// The server was told everything below this is acknowledged (server space): a device
+    /// segment sent before the splice and arriving after it carries an older ACK, which must not
+    /// reach the server (an ACK below SND.UNA; some stacks drop the whole segment, data
+    /// included).
+    pub ack_floor: SeqNumber,
 }
 
 impl Splice {
@@ -76,7 +81,7 @@ impl Splice {
         ack: SeqNumber,
         window: u16,
     ) {
-        let srv_ack = ack - self.s2c;
+        let srv_ack = (ack - self.s2c).max_seq(self.ack_floor);
         s.set_seq(seq + self.c2s);
         s.set_ack(srv_ack);
         let w = self.window_to_server(srv_ack, window);
@@ -170,6 +175,7 @@ mod tests {
             device_sack: true,
             replayed_end: SeqNumber(50_000),
             edge: SeqNumber(50_000),
+            ack_floor: SeqNumber(50_000),
         }
     }
 

@@ -94,6 +94,9 @@ pub struct Scenario {
     pub client_bytes: u64,
     /// The MFR carries the application's consumed offset (what the holder's app read).
     pub explicit_offset: bool,
+    /// With `cut_old`: the first client segment still in flight from the old device is lost
+    /// (later ones arrive), leaving a hole in the client stream nobody can fill.
+    pub hole_at_cut: bool,
     /// The target resets its connection as soon as the replay starts.
     pub target_resets: bool,
     pub engine: EngineConfig,
@@ -119,6 +122,7 @@ pub fn scenario(name: &'static str, seed: u64) -> Scenario {
         early_server_loss: 0,
         client_bytes: 0,
         explicit_offset: false,
+        hole_at_cut: false,
         target_resets: false,
         engine: EngineConfig {
             deadline_us: 3_000_000,
@@ -180,6 +184,7 @@ pub struct FlowRec<B> {
     /// (time, stream offset, length) of each server retransmission.
     pub retx_log: Vec<(u64, u32, u32)>,
     pub s_isn: SeqNumber,
+    pub c_isn: SeqNumber,
     pub violations: Vec<String>,
     pub timeline: Vec<Event>,
 }
@@ -359,6 +364,7 @@ impl<'a, B: SharedBuf> World<'a, B> {
                 retx_total: 0,
                 retx_log: Vec::new(),
                 s_isn: SeqNumber(0),
+                c_isn: SeqNumber(0),
                 violations: Vec::new(),
                 timeline: Vec::new(),
             });
@@ -427,6 +433,11 @@ impl<'a, B: SharedBuf> World<'a, B> {
     }
 
     pub fn fail(&self, what: &str) -> ! {
+        if std::env::var_os("TSMP_SIM_DUMP").is_some() {
+            for fr in &self.flows {
+                eprintln!("{}", fr.eng.describe());
+            }
+        }
         panic!(
             "[{} seed={}] t={}ms: {what}",
             self.sc.name,
@@ -566,6 +577,9 @@ impl<'a, B: SharedBuf> World<'a, B> {
         };
         self.trace("out", flow, to, &m);
         if phys == Phys::Server {
+            if m.flags.has(TcpFlags::SYN) {
+                self.flows[flow].c_isn = m.seq;
+            }
             self.observe_to_server(flow, &m);
         }
         let ip = f[14..].to_vec();
@@ -588,11 +602,15 @@ impl<'a, B: SharedBuf> World<'a, B> {
         if want != flow {
             return;
         }
-        let isn = self.flows[flow].s_isn.0.wrapping_add(1);
-        let (seq, ack) = if leg == Leg::Server {
-            (m.seq.0.wrapping_sub(isn), m.ack.0)
-        } else {
-            (m.seq.0, m.ack.0.wrapping_sub(isn))
+        let fr = &self.flows[flow];
+        let s0 = fr.s_isn.0.wrapping_add(1);
+        let c0 = fr.c_isn.0.wrapping_add(1);
+        // Server-side segments as stream offsets (server data from s0, client data from c0);
+        // device-side ones raw (each device has its own numbers).
+        let (seq, ack) = match (leg, dir) {
+            (Leg::Server, "in ") => (m.seq.0.wrapping_sub(s0), m.ack.0.wrapping_sub(c0)),
+            (Leg::Server, _) => (m.seq.0.wrapping_sub(c0), m.ack.0.wrapping_sub(s0)),
+            _ => (m.seq.0, m.ack.0),
         };
         eprintln!(
             "{:>9}us {dir} {leg:?} seq={seq} ack={ack} len={} win={} flags={:#04x}",
@@ -804,6 +822,16 @@ impl<'a, B: SharedBuf> World<'a, B> {
             }
             if self.sc.early_server_loss > 0 {
                 self.up.get_mut(&Phys::Server).unwrap().loss = 0;
+            }
+            if self.sc.cut_old && self.sc.hole_at_cut {
+                let lost = self
+                    .up
+                    .get_mut(&holder_phys)
+                    .unwrap()
+                    .drop_first(|p| tcp_meta(p).is_some_and(|(_, m)| m.payload_len > 0));
+                if !lost {
+                    self.fail("no client data in flight to lose at the cut");
+                }
             }
             if self.sc.cut_old {
                 self.up.get_mut(&holder_phys).unwrap().loss = 1000;

@@ -107,6 +107,20 @@ impl Link {
         out
     }
 
+    /// Removes the first packet in arrival order for which `pick` holds; returns whether one
+    /// was.
+    pub fn drop_first(&mut self, pick: impl Fn(&[u8]) -> bool) -> bool {
+        let mut all: Vec<_> = std::mem::take(&mut self.queue).into_sorted_vec();
+        all.reverse(); // into_sorted_vec of Reverse(..) is latest first
+        let hit = all.iter().position(|Reverse((_, _, p))| pick(p));
+        if let Some(i) = hit {
+            all.remove(i);
+            self.dropped += 1;
+        }
+        self.queue = all.into_iter().collect();
+        hit.is_some()
+    }
+
     /// The next arrival time.
     pub fn next(&self) -> Option<u64> {
         self.queue.peek().map(|Reverse((at, _, _))| *at)
