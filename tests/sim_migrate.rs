@@ -341,7 +341,7 @@ fn flow_cache_limit_refuses_the_migration_and_the_flow_goes_on() {
 
 /// A scenario drawn from a seed: link loss and reordering on both devices, window scales,
 /// timestamps, SACK, a smaller MSS, chat bytes, one to three hops, the old device sometimes cut
-/// off. `TSMP_SIM_SEEDS=n` runs n seeds instead of the default few dozen, `TSMP_SIM_SEED=k`
+/// off. `TSMP_SIM_SEEDS=n` runs n seeds instead of the default 64, `TSMP_SIM_SEED=k`
 /// only seed k (with `TSMP_SIM_TRACE=0` to see its packets).
 fn random_scenario(seed: u64) -> sim::migration::Scenario {
     let mut r = sim::Rng::new(seed ^ 0x5eed);
@@ -362,7 +362,10 @@ fn random_scenario(seed: u64) -> sim::migration::Scenario {
     // Long enough that every hop happens before the server's FIN (after it, an MFR is refused
     // as "closing", correctly).
     sc.total = (sc.hops as u64 + 2) * sc.migrate_after + r.next() % 300_000;
-    sc.cut_old = sc.hops == 1 && r.next() % 4 == 0;
+    // Cutting the old device off while its own link loses client data can leave the server owed
+    // bytes that exist nowhere: that ends in a reset (`old_device_gone_leaving_a_hole...`).
+    sc.cut_old =
+        sc.hops == 1 && r.next() % 4 == 0 && (sc.client_bytes == 0 || sc.phone.link.loss == 0);
     sc
 }
 
@@ -371,12 +374,15 @@ fn random_scenarios() {
     let n: u64 = std::env::var("TSMP_SIM_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(64);
     let only: Option<u64> = std::env::var("TSMP_SIM_SEED")
         .ok()
         .and_then(|v| v.parse().ok());
     for seed in only.map_or(0..n, |s| s..s + 1) {
         let sc = random_scenario(seed);
+        if only.is_some() {
+            eprintln!("{sc:#?}");
+        }
         let desc = format!("{sc:?}");
         let w = std::panic::catch_unwind(|| run(sc)).unwrap_or_else(|_| {
             panic!("random scenario seed {seed} failed: {desc}");

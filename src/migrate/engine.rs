@@ -1483,7 +1483,9 @@ impl<B: SharedBuf> Engine<B> {
             established: false,
             synack: (0, now + 1_000_000),
             c_fixed: s.c_next,
-            deadline: p.deadline.max(now + self.cfg.deadline_us),
+            // The target connected: the handshake is bounded by the SYN-ACK retransmissions
+            // (and the absolute bound), no longer by the MFR deadline.
+            deadline: u64::MAX,
             give_up: now + 10 * self.cfg.deadline_us,
             c2s: p.c2s,
         };

@@ -176,6 +176,9 @@ pub struct FlowRec<B> {
     pub reset: Option<Failure>,
     pub pending: Option<(u32, Phys, u64)>,
     pub retry_at: u64,
+    /// When the server's retransmissions start to count against the migration: the MFR plus
+    /// the round trip of the freeze ACK over the server's link.
+    pub frozen_from: Option<u64>,
     pub wake: u64,
     pub s_max: Option<SeqNumber>,
     pub s_fin: bool,
@@ -357,6 +360,7 @@ impl<'a, B: SharedBuf> World<'a, B> {
                 reset: None,
                 pending: None,
                 retry_at: 0,
+                frozen_from: None,
                 wake: u64::MAX,
                 s_max: None,
                 s_fin: false,
@@ -634,7 +638,10 @@ impl<'a, B: SharedBuf> World<'a, B> {
             fr.retx_total += 1;
             let off = m.seq.0.wrapping_sub(fr.s_isn.0.wrapping_add(1));
             fr.retx_log.push((self.now, off, len));
-            if fr.migrating {
+            // Blamed on the migration only if the server sent it after the freeze ACK reached it
+            // (a retransmission already triggered by duplicate ACKs forwarded before the MFR is
+            // ordinary loss recovery racing the freeze).
+            if fr.migrating && fr.frozen_from.is_some_and(|t| self.now >= t) {
                 fr.retx_migrating += 1;
             }
         }
@@ -809,6 +816,7 @@ impl<'a, B: SharedBuf> World<'a, B> {
                 }
                 Ok(gen) => {
                     fr.migrating = true;
+                    fr.frozen_from = Some(now + 2 * self.sc.server_link.delay_us + 1_000);
                     if self.sc.target_connects {
                         fr.pending = Some((gen, holder_phys.other(), now + 10_000));
                     }
@@ -957,8 +965,8 @@ impl<'a, B: SharedBuf> World<'a, B> {
             }
             if fr.retx_migrating > 0 {
                 self.fail(&format!(
-                    "the server retransmitted {} segments during the migration ({ctx})",
-                    fr.retx_migrating
+                    "the server retransmitted {} segments during the migration {:?} ({ctx})",
+                    fr.retx_migrating, fr.retx_log
                 ));
             }
             let clean = |l: &Link| l.loss == 0 && l.reorder == 0;
