@@ -63,6 +63,9 @@ pub struct Config {
     /// Bounds on every table and cache.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The migration engine's tunables (its deadline and caches are in `[limits]`).
+    #[serde(default)]
+    pub migration: MigrationConfig,
     /// Services (VIP:port -> backend) for proxy mode.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -312,6 +315,61 @@ pub struct WorkerConfig {
     /// every port. Each worker transmits on its own tx queue (its index) of every port.
     #[serde(default)]
     pub rx: Option<Vec<String>>,
+}
+
+/// The migration engine's tunables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// Bytes the rolling cache keeps below the device's ACK, so that a migration request with
+    /// an explicit application offset (bytes the device received but its application did not
+    /// read) can be served. 0: only unacknowledged bytes are kept.
+    #[serde(default)]
+    pub keep_acked_bytes: u32,
+    /// The largest MSS the proxy announces or uses toward a new device.
+    #[serde(default = "default_migration_mss")]
+    pub max_mss: u16,
+    /// SYN-ACK retransmissions to a new device before it is given up.
+    #[serde(default = "default_synack_retries")]
+    pub synack_retries: u32,
+    /// Consecutive retransmission timeouts of the replay before it is given up.
+    #[serde(default = "default_replay_timeouts")]
+    pub replay_timeouts: u32,
+    /// Lower bound of the replay's retransmission timeout, milliseconds (Linux: 200).
+    #[serde(default = "default_min_rto_ms")]
+    pub min_rto_ms: u32,
+    /// FIN retransmissions toward an old device whose sub-connection the proxy closes.
+    #[serde(default = "default_fin_retries")]
+    pub fin_retries: u32,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            keep_acked_bytes: 0,
+            max_mss: default_migration_mss(),
+            synack_retries: default_synack_retries(),
+            replay_timeouts: default_replay_timeouts(),
+            min_rto_ms: default_min_rto_ms(),
+            fin_retries: default_fin_retries(),
+        }
+    }
+}
+
+fn default_migration_mss() -> u16 {
+    1460
+}
+fn default_synack_retries() -> u32 {
+    5
+}
+fn default_replay_timeouts() -> u32 {
+    6
+}
+fn default_min_rto_ms() -> u32 {
+    200
+}
+fn default_fin_retries() -> u32 {
+    4
 }
 
 /// Bounds on tables and caches. Every one is counted when hit.
@@ -889,6 +947,34 @@ impl Config {
             );
         }
 
+        let m = &self.migration;
+        if m.keep_acked_bytes >= l.flow_cache_bytes {
+            return err(
+                "migration.keep_acked_bytes",
+                format!(
+                    "{} leaves no room for unacknowledged data in limits.flow_cache_bytes ({}); \
+                     keep it well below",
+                    m.keep_acked_bytes, l.flow_cache_bytes
+                ),
+            );
+        }
+        if !(536..=9000).contains(&m.max_mss) {
+            return err(
+                "migration.max_mss",
+                format!("{} is outside 536..=9000", m.max_mss),
+            );
+        }
+        for (k, v, r) in [
+            ("migration.synack_retries", m.synack_retries, 1..=10),
+            ("migration.replay_timeouts", m.replay_timeouts, 1..=20),
+            ("migration.min_rto_ms", m.min_rto_ms, 10..=1000),
+            ("migration.fin_retries", m.fin_retries, 0..=10),
+        ] {
+            if !r.contains(&v) {
+                return err(k, format!("{v} is outside {}..={}", r.start(), r.end()));
+            }
+        }
+
         let mut svc_names = BTreeSet::new();
         let mut vips = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -938,4 +1024,27 @@ fn is_pci_address(s: &str) -> bool {
             .chain(s[8..10].chars())
             .all(|c| c.is_ascii_hexdigit())
         && matches!(b[11], b'0'..=b'7')
+}
+
+impl Config {
+    /// The migration engine's configuration: `[migration]` plus the deadline and cache sizes
+    /// from `[limits]`.
+    pub fn engine_config(&self) -> crate::migrate::engine::EngineConfig {
+        use crate::migrate::engine::EngineConfig;
+        use crate::migrate::sender::SenderConfig;
+        let (l, m) = (&self.limits, &self.migration);
+        EngineConfig {
+            flow_cache_bytes: u64::from(l.flow_cache_bytes),
+            keep_acked_bytes: m.keep_acked_bytes,
+            deadline_us: u64::from(l.migration_deadline_ms) * 1000,
+            sender: SenderConfig {
+                min_rto_us: u64::from(m.min_rto_ms) * 1000,
+                ..SenderConfig::default()
+            },
+            max_mss: m.max_mss,
+            synack_retries: m.synack_retries,
+            replay_timeouts: u64::from(m.replay_timeouts),
+            fin_retries: m.fin_retries,
+        }
+    }
 }

@@ -377,6 +377,44 @@ fn limits_services_control() {
 }
 
 #[test]
+fn migration_values() {
+    rejects(
+        &with("[limits]\nflow_cache_bytes = 65536\n[migration]\nkeep_acked_bytes = 65536\n"),
+        "migration.keep_acked_bytes",
+        "no room",
+    );
+    rejects(
+        &with("[migration]\nmax_mss = 100\n"),
+        "migration.max_mss",
+        "536..",
+    );
+    rejects(
+        &with("[migration]\nsynack_retries = 0\n"),
+        "migration.synack_retries",
+        "1..=10",
+    );
+    rejects(
+        &with("[migration]\nmin_rto_ms = 5000\n"),
+        "migration.min_rto_ms",
+        "10..=1000",
+    );
+    rejects(
+        &with("[migration]\nretries = 3\n"),
+        "",
+        "unknown field `retries`",
+    );
+    let c = Config::from_toml(
+        &with("[limits]\nmigration_deadline_ms = 2500\n[migration]\nkeep_acked_bytes = 1000\nmin_rto_ms = 50\n"),
+        "t",
+    )
+    .unwrap();
+    let e = c.engine_config();
+    assert_eq!(e.deadline_us, 2_500_000);
+    assert_eq!(e.keep_acked_bytes, 1000);
+    assert_eq!(e.sender.min_rto_us, 50_000);
+}
+
+#[test]
 fn shipped_profiles_are_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dpdk-config");
     let mut n = 0;
