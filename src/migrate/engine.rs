@@ -35,8 +35,11 @@
 //!                            └──────────────────────────────── Resuming (ReplaySender)
 //!
 //!  cancel (deadline before the target connects, target resets or stays silent, replay stalls,
-//!  cache full): Resuming toward the old device (replay what it has not ACKed, then reopen the
-//!  window) while it is alive; otherwise RST both ends -> Closed(reason).
+//!  cache full): Resuming toward the old device (what was forwarded to it counts as in flight;
+//!  only the bytes cached while frozen are sent, then the window reopens) while it is alive and
+//!  the target sent no data; otherwise RST both ends -> Closed(reason). Client bytes the server
+//!  is owed and nobody holds (the old device vanished after losing them) -> Closed
+//!  (client_data_lost), both ends reset.
 //! ```
 //!
 //! Invariants:
@@ -48,6 +51,16 @@
 //!   that takes the stream acknowledged it;
 //! - every client byte the proxy acknowledged to a device is in the C->S cache until the server
 //!   acknowledged it (the proxy retransmits it to the server while it is responsible);
+//! - a device is never acknowledged client bytes the server will not get: once a target
+//!   connected, the old device's bytes end where the target's begin (`accept_end`), and the
+//!   proxy's FIN toward it acknowledges no more than that;
+//! - after a splice, no device ACK below the splice point reaches the server (a segment sent
+//!   during the replay may arrive after it), and pure ACKs never carry a sequence number below
+//!   what their receiver acknowledged (peers that rewind SND.NXT after a timeout would drop
+//!   them as out of window);
+//! - every wait is bounded: the MFR deadline until the target's SYN, SYN-ACK retransmissions
+//!   until the handshake completes, no progress for a deadline during the replay, and ten
+//!   deadlines for a whole resumption;
 //! - the caches live in the states that need them and are released (budget refunded) on every
 //!   path out of them.
 #![forbid(unsafe_code)]
