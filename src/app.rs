@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Mode, RssMode};
 use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
+use crate::migrate::cache::Budget;
 use crate::proxy::ProxyCore;
 use crate::stats::{ProxyCounters, ProxySnapshot};
 use crate::stats::{WorkerCounters, WorkerSnapshot};
@@ -259,6 +260,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                     burst: cfg.dataplane.burst,
                     drain_tsc,
                     tsc_per_ms: hz / 1000,
+                    engines: (0..cfg.limits.max_flows_per_worker).map(|_| None).collect(),
+                    engine_cfg: cfg.engine_config(),
+                    // Cached segments keep their mbufs: at most half of the pool, shared out.
+                    budget: Budget::new(cfg.limits.worker_cache_bytes).with_buffers(u64::from(
+                        cfg.mempool.mbufs
+                            / 2
+                            / u32::try_from(cfg.workers.len()).unwrap_or(1).max(1),
+                    )),
+                    now_us: 0,
                 };
                 let pc = &proxy_counters[i];
                 jobs.push((LcoreId(w.lcore), Box::new(move || pw.run(stop, c, pc))));
@@ -365,6 +375,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         println!(
             "worker {i} proxy: flows created={} closed={} active={} handoffs out={} in={} arp replies={} requests={} drops={:?}",
             p.flows_created, p.flows_closed, p.flows_active, p.handoffs_out, p.handoffs_in, p.arp_replies, p.arp_requests, p.drops
+        );
+        println!(
+            "worker {i} migration engines: active={} rolling cache bytes={} mbufs={} (peak {}) overflow={} segments originated={}",
+            p.engines_active, p.cache_bytes, p.cache_bufs, p.cache_bufs_peak, p.cache_overflow, p.engine_emitted
         );
     }
     if let Some(path) = &opts.stats_json {

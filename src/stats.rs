@@ -117,6 +117,12 @@ pub struct ProxyCounters {
     mempool_exhausted: AtomicU64,
     to_kernel: AtomicU64,
     from_kernel: AtomicU64,
+    engines_active: AtomicU64,
+    cache_bytes: AtomicU64,
+    cache_bufs: AtomicU64,
+    cache_bufs_peak: AtomicU64,
+    cache_overflow: AtomicU64,
+    engine_emitted: AtomicU64,
 }
 
 impl Default for ProxyCounters {
@@ -138,6 +144,12 @@ impl Default for ProxyCounters {
             mempool_exhausted: AtomicU64::new(0),
             to_kernel: AtomicU64::new(0),
             from_kernel: AtomicU64::new(0),
+            engines_active: AtomicU64::new(0),
+            cache_bytes: AtomicU64::new(0),
+            cache_bufs: AtomicU64::new(0),
+            cache_bufs_peak: AtomicU64::new(0),
+            cache_overflow: AtomicU64::new(0),
+            engine_emitted: AtomicU64::new(0),
         }
     }
 }
@@ -177,6 +189,18 @@ pub struct ProxySnapshot {
     pub to_kernel: u64,
     /// Frames the kernel sent out (exception path).
     pub from_kernel: u64,
+    /// Flows with a migration engine.
+    pub engines_active: u64,
+    /// Payload bytes the segment caches hold (rolling and pause caches).
+    pub cache_bytes: u64,
+    /// Buffers (mbufs) the segment caches hold.
+    pub cache_bufs: u64,
+    /// The most buffers the caches held at once (sampled between bursts).
+    pub cache_bufs_peak: u64,
+    /// Segments a rolling cache could not hold (worker or flow limit).
+    pub cache_overflow: u64,
+    /// Segments the engines originated (ACKs, replay, handshakes).
+    pub engine_emitted: u64,
 }
 
 /// Values a proxy worker publishes, besides the core's own statistics.
@@ -194,6 +218,18 @@ pub struct ProxyExtra {
     pub snat_ports_free: u64,
     /// Mbuf allocation failures.
     pub mempool_exhausted: u64,
+    /// Flows with a migration engine.
+    pub engines_active: u64,
+    /// Payload bytes the segment caches hold.
+    pub cache_bytes: u64,
+    /// Buffers the segment caches hold.
+    pub cache_bufs: u64,
+    /// The most buffers held at once.
+    pub cache_bufs_peak: u64,
+    /// Segments a rolling cache could not hold.
+    pub cache_overflow: u64,
+    /// Segments the engines originated.
+    pub engine_emitted: u64,
 }
 
 impl ProxyCounters {
@@ -217,6 +253,12 @@ impl ProxyCounters {
         self.handoff_ring_full.store(x.handoff_ring_full, Relaxed);
         self.snat_ports_free.store(x.snat_ports_free, Relaxed);
         self.mempool_exhausted.store(x.mempool_exhausted, Relaxed);
+        self.engines_active.store(x.engines_active, Relaxed);
+        self.cache_bytes.store(x.cache_bytes, Relaxed);
+        self.cache_bufs.store(x.cache_bufs, Relaxed);
+        self.cache_bufs_peak.store(x.cache_bufs_peak, Relaxed);
+        self.cache_overflow.store(x.cache_overflow, Relaxed);
+        self.engine_emitted.store(x.engine_emitted, Relaxed);
     }
 
     /// A snapshot.
@@ -244,6 +286,12 @@ impl ProxyCounters {
             mempool_exhausted: self.mempool_exhausted.load(Relaxed),
             to_kernel: self.to_kernel.load(Relaxed),
             from_kernel: self.from_kernel.load(Relaxed),
+            engines_active: self.engines_active.load(Relaxed),
+            cache_bytes: self.cache_bytes.load(Relaxed),
+            cache_bufs: self.cache_bufs.load(Relaxed),
+            cache_bufs_peak: self.cache_bufs_peak.load(Relaxed),
+            cache_overflow: self.cache_overflow.load(Relaxed),
+            engine_emitted: self.engine_emitted.load(Relaxed),
         }
     }
 }

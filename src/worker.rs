@@ -13,8 +13,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dpdk::{rdtsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, TxResult};
-use crate::proxy::{ProxyCore, Verdict};
+use crate::migrate::cache::Budget;
+use crate::migrate::engine::{Engine, EngineConfig, Leg, Verdict as Verdict2};
+use crate::proxy::{FlowHit, ProxyCore, Verdict};
 use crate::stats::{ProxyCounters, ProxyExtra, WorkerCounters, WorkerSnapshot};
+use crate::wire::build::{tcp_frame_len, write_tcp_frame};
 
 /// One rx queue and the index (into the worker's tx queues) of the port its packets leave on.
 #[derive(Debug)]
@@ -120,13 +123,26 @@ pub struct ProxyWorker<'p> {
     pub drain_tsc: u64,
     /// TSC ticks per millisecond.
     pub tsc_per_ms: u64,
+    /// The migration engine of each flow, by flow slot (created with the flow's SYN).
+    pub engines: Vec<Option<Box<Engine<Mbuf>>>>,
+    /// The engines' configuration.
+    pub engine_cfg: EngineConfig,
+    /// What all of this worker's segment caches may hold.
+    pub budget: Budget,
+    /// Microseconds on the engines' clock.
+    pub now_us: u64,
 }
 
 impl ProxyWorker<'_> {
     #[inline(always)]
     fn handle(&mut self, mut m: Mbuf, port: usize, s: &mut WorkerSnapshot, x: &mut ProxyExtra) {
-        match self.core.process(port, m.data_mut()) {
-            Verdict::Tx(p) => account(s, self.tx[p].push(m)),
+        let v = self.core.process(port, m.data_mut());
+        self.release_closed(x);
+        match v {
+            Verdict::Tx(p) => match self.core.last_hit() {
+                Some(hit) => self.through_engine(hit, m, p, s, x),
+                None => account(s, self.tx[p].push(m)),
+            },
             Verdict::HandOff(w) => {
                 if let Err(m) = self.handoff[w].push(m) {
                     x.handoff_ring_full += 1;
@@ -134,6 +150,93 @@ impl ProxyWorker<'_> {
                 }
             }
             Verdict::Drop(_) => drop(m),
+        }
+    }
+
+    /// A TCP segment of a flow, already translated by the NAT, passes its flow's engine: it is
+    /// forwarded (rewritten in place; the rolling cache keeps a shared reference), or consumed;
+    /// then whatever the engine originates is built and sent.
+    #[inline(always)]
+    fn through_engine(
+        &mut self,
+        hit: FlowHit,
+        m: Mbuf,
+        port: usize,
+        s: &mut WorkerSnapshot,
+        x: &mut ProxyExtra,
+    ) {
+        let slot = hit.slot as usize;
+        if hit.created {
+            if let Some(e) = self.engines.get_mut(slot) {
+                *e = Some(Box::new(Engine::new(self.engine_cfg)));
+                x.engines_active += 1;
+            }
+        }
+        let Some(Some(e)) = self.engines.get_mut(slot) else {
+            // A flow older than its engine (none is): forward as the NAT decided.
+            account(s, self.tx[port].push(m));
+            return;
+        };
+        let from = if hit.from_server {
+            Leg::Server
+        } else {
+            Leg::Device(0)
+        };
+        let overflow = e.stats.rolling_overflow;
+        match e.on_segment(self.now_us, from, m, &mut self.budget) {
+            Verdict2::Forward(_, m) => account(s, self.tx[port].push(m)),
+            Verdict2::Consumed | Verdict2::Drop(_) => {}
+        }
+        x.cache_overflow += e.stats.rolling_overflow - overflow;
+        self.emit(hit.slot, s, x);
+    }
+
+    /// Builds and sends the segments the engine of `slot` originates.
+    fn emit(&mut self, slot: u32, s: &mut WorkerSnapshot, x: &mut ProxyExtra) {
+        let Some(Some(e)) = self.engines.get_mut(slot as usize) else {
+            return;
+        };
+        while let Some(t) = e.poll_transmit(self.now_us) {
+            // Device legs other than the first are reached through the migration port, which
+            // the control plane wires; until then only the original legs exist.
+            let to_server = match t.to {
+                Leg::Server => true,
+                Leg::Device(0) => false,
+                Leg::Device(_) => continue,
+            };
+            let Some((port, ep)) = self.core.endpoints(slot, to_server) else {
+                continue;
+            };
+            let Some(mut m) = self.pool.alloc() else {
+                x.mempool_exhausted += 1;
+                continue;
+            };
+            let len = tcp_frame_len(&t.fields, t.payload_len as usize);
+            if !m.set_len(len) {
+                continue;
+            }
+            let mut parts = [&[][..]; 8];
+            let mut n = 0;
+            for p in e.payload(&t) {
+                if n < parts.len() {
+                    parts[n] = p;
+                    n += 1;
+                }
+            }
+            if write_tcp_frame(m.data_mut(), &ep, &t.fields, &parts[..n]).is_ok() {
+                x.engine_emitted += 1;
+                account(s, self.tx[port].push(m));
+            }
+        }
+    }
+
+    /// Engines of flows the core removed go with them (their cached mbufs back to the pool).
+    fn release_closed(&mut self, x: &mut ProxyExtra) {
+        for slot in self.core.take_closed() {
+            if let Some(mut e) = self.engines.get_mut(slot as usize).and_then(Option::take) {
+                e.release(&mut self.budget);
+                x.engines_active = x.engines_active.saturating_sub(1);
+            }
         }
     }
 
@@ -153,7 +256,9 @@ impl ProxyWorker<'_> {
         let tsc_per_ms = self.tsc_per_ms.max(1);
         while !stop.load(Ordering::Relaxed) {
             let now = rdtsc();
-            self.core.set_time(now.wrapping_sub(tsc0) / tsc_per_ms);
+            let elapsed = now.wrapping_sub(tsc0);
+            self.core.set_time(elapsed / tsc_per_ms);
+            self.now_us = elapsed * 1000 / tsc_per_ms;
             for i in 0..self.rx.len() {
                 s.polls += 1;
                 let t0 = rdtsc();
@@ -251,5 +356,9 @@ impl ProxyWorker<'_> {
             }
         }
         self.core.expire(64);
+        self.release_closed(x);
+        x.cache_bytes = self.budget.used;
+        x.cache_bufs = self.budget.bufs;
+        x.cache_bufs_peak = x.cache_bufs_peak.max(self.budget.bufs);
     }
 }

@@ -13,19 +13,38 @@ use std::collections::VecDeque;
 
 use crate::wire::SeqNumber;
 
-/// Bytes all caches of one worker may hold together.
+/// What all caches of one worker may hold together: payload bytes, and buffers (each cached
+/// run keeps one buffer, an mbuf in the appliance, whatever its payload size, so a byte limit
+/// alone would let small segments drain the packet pool).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// Bytes held.
     pub used: u64,
-    /// The limit.
+    /// The byte limit.
     pub limit: u64,
+    /// Buffers held.
+    pub bufs: u64,
+    /// The buffer limit.
+    pub bufs_limit: u64,
 }
 
 impl Budget {
-    /// A budget of `limit` bytes.
+    /// A budget of `limit` bytes (and no buffer limit).
     pub fn new(limit: u64) -> Budget {
-        Budget { used: 0, limit }
+        Budget {
+            used: 0,
+            limit,
+            bufs: 0,
+            bufs_limit: u64::MAX,
+        }
+    }
+
+    /// The same budget holding at most `n` buffers.
+    pub fn with_buffers(self, n: u64) -> Budget {
+        Budget {
+            bufs_limit: n,
+            ..self
+        }
     }
 }
 
@@ -148,7 +167,10 @@ impl<B: AsRef<[u8]>> SegmentCache<B> {
         if n == 0 {
             return Inserted::Duplicate(buf);
         }
-        if self.bytes + u64::from(n) > self.limit || budget.used + u64::from(n) > budget.limit {
+        if self.bytes + u64::from(n) > self.limit
+            || budget.used + u64::from(n) > budget.limit
+            || budget.bufs >= budget.bufs_limit
+        {
             return Inserted::OverLimit(buf);
         }
         let skip = usize::try_from(start.diff(seq)).unwrap_or(0);
@@ -163,6 +185,7 @@ impl<B: AsRef<[u8]>> SegmentCache<B> {
         );
         self.bytes += u64::from(n);
         budget.used += u64::from(n);
+        budget.bufs += 1;
         Inserted::Stored(n)
     }
 
@@ -177,6 +200,7 @@ impl<B: AsRef<[u8]>> SegmentCache<B> {
                 let e = self.entries.pop_front().unwrap_or_else(|| unreachable!());
                 self.bytes -= u64::from(e.len);
                 budget.used -= u64::from(e.len);
+                budget.bufs -= 1;
                 release(e.buf);
             } else if e.seq.diff(seq) < 0 {
                 let cut = u32::try_from(seq.diff(e.seq)).unwrap_or(0);
@@ -230,6 +254,7 @@ impl<B: AsRef<[u8]>> SegmentCache<B> {
     pub fn clear(&mut self, budget: &mut Budget, mut release: impl FnMut(B)) {
         for e in self.entries.drain(..) {
             budget.used -= u64::from(e.len);
+            budget.bufs -= 1;
             release(e.buf);
         }
         self.bytes = 0;
@@ -421,6 +446,7 @@ mod tests {
             let want = covered.iter().filter(|v| **v).count() as u64;
             assert_eq!(c.bytes(), want, "round {round}");
             assert_eq!(b.used, want);
+            assert_eq!(b.bufs, c.segments() as u64, "one buffer per run");
             // Every cached byte is the stream's byte at its sequence number, and runs do not overlap.
             let mut last_end: Option<SeqNumber> = None;
             for (s, bytes) in c.runs_from(SeqNumber(base), u32::MAX) {
@@ -442,5 +468,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_buffer_limit_bounds_small_segments() {
+        let mut b = Budget::new(1 << 20).with_buffers(3);
+        let mut c = SegmentCache::new(1 << 20);
+        for i in 0..3u32 {
+            assert_eq!(
+                c.insert(SeqNumber(i * 10), vec![0u8; 10], 0, 10, &mut b),
+                Inserted::Stored(10)
+            );
+        }
+        assert!(matches!(
+            c.insert(SeqNumber(30), vec![0u8; 10], 0, 10, &mut b),
+            Inserted::OverLimit(_)
+        ));
+        assert_eq!((b.used, b.bufs), (30, 3));
+        c.trim_below(SeqNumber(15), &mut b, drop);
+        assert_eq!(
+            (b.used, b.bufs),
+            (15, 2),
+            "a partly trimmed run keeps its buffer"
+        );
+        c.clear(&mut b, drop);
+        assert_eq!((b.used, b.bufs), (0, 0));
     }
 }

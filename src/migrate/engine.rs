@@ -752,6 +752,17 @@ impl<B: SharedBuf> Engine<B> {
         out + &extra
     }
 
+    /// The flow is gone (its table slot closed or expired): every cached buffer is released
+    /// and the budget refunded; the engine is `Closed` afterwards.
+    pub fn release(&mut self, budget: &mut Budget) {
+        match std::mem::replace(&mut self.state, State::Closed(None)) {
+            State::Forwarding(mut c) => c.release(budget),
+            State::Paused(mut p) => p.caches.release(budget),
+            State::Resuming(mut r) => r.caches.release(budget),
+            s @ (State::Handshake | State::Closed(_)) => self.state = s,
+        }
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

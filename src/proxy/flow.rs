@@ -181,6 +181,11 @@ impl FlowTable {
         self.index.get(k).copied()
     }
 
+    /// Whether slot `idx` holds a live flow.
+    pub fn contains(&self, idx: u32) -> bool {
+        self.live.get(idx as usize).copied().unwrap_or(false)
+    }
+
     /// The flow at `idx`.
     #[inline]
     pub fn get(&self, idx: u32) -> &Flow {

@@ -29,6 +29,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashMap;
 
 use crate::config::{parse_cidr, Config};
+use crate::wire::build::Endpoints;
 use crate::wire::{
     self, checksum, DropReason, Frame, SeqNumber, TcpFlags, TcpMeta, TcpSegmentMut, ETH_LEN,
 };
@@ -210,6 +211,10 @@ pub struct ProxyCore {
     learned: Vec<(u32, [u8; 6])>,
     now_ms: u64,
     exception: Option<Exception>,
+    /// The flow the last forwarded TCP frame belonged to.
+    hit: Option<FlowHit>,
+    /// Slots of flows removed since the last `take_closed` (capacity: the table's).
+    closed: Vec<u32>,
     /// Counters.
     pub stats: ProxyStats,
 }
@@ -224,6 +229,17 @@ struct Neighbour {
 
 /// Neighbours heard from longer ago than this are asked again (their MAC stays in use meanwhile).
 const NEIGHBOUR_REFRESH_MS: u64 = 60_000;
+/// The flow a forwarded TCP segment belonged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowHit {
+    /// The flow's slot in this worker's table.
+    pub slot: u32,
+    /// The segment came from the server (else from the client).
+    pub from_server: bool,
+    /// This segment (the client's SYN) created the flow.
+    pub created: bool,
+}
+
 /// An ARP request unanswered for this long is forgotten, so its slot can serve another address.
 const ARP_GIVE_UP_MS: u64 = 3_000;
 /// How often the neighbour and pending-ARP tables are swept.
@@ -335,6 +351,8 @@ impl ProxyCore {
             learned: Vec::with_capacity(64),
             now_ms,
             exception: None,
+            hit: None,
+            closed: Vec::with_capacity(l.max_flows_per_worker as usize),
             stats: ProxyStats::default(),
         };
         // Resolve every backend's next hop at once, so that the first SYN does not wait for ARP.
@@ -367,6 +385,7 @@ impl ProxyCore {
 
     /// Processes one frame received on port index `port`.
     pub fn process(&mut self, port: usize, f: &mut [u8]) -> Verdict {
+        self.hit = None;
         let v = self.process_inner(port, f);
         match v {
             Verdict::Drop(c) => self.stats.drops[c.index()] += 1,
@@ -538,6 +557,7 @@ impl ProxyCore {
                 idx = None;
             }
         }
+        let created = idx.is_none();
         let idx = match idx {
             Some(i) => i,
             None if is_syn => match self.create(svc, &k, f) {
@@ -581,6 +601,11 @@ impl ProxyCore {
         s.set_dst_port(fl.backend.1);
         set_macs(f, mac, self.server.mac);
         self.track(idx, true, m);
+        self.hit = Some(FlowHit {
+            slot: idx,
+            from_server: false,
+            created: is_syn && created,
+        });
         Verdict::Tx(self.server.port)
     }
 
@@ -624,6 +649,11 @@ impl ProxyCore {
         s.set_dst_port(fl.client.1);
         set_macs(f, fl.client_mac, self.client.mac);
         self.track(idx, false, m);
+        self.hit = Some(FlowHit {
+            slot: idx,
+            from_server: true,
+            created: false,
+        });
         Verdict::Tx(self.client.port)
     }
 
@@ -734,11 +764,60 @@ impl ProxyCore {
 
     fn close(&mut self, idx: u32) {
         let fl = self.flows.remove(idx);
+        self.closed.push(idx);
         if let Some(a) = self.snat_addrs.iter().position(|&x| x == fl.snat.0) {
             self.snat_ports
                 .push_back((u8::try_from(a).unwrap_or(0), fl.snat.1));
         }
         self.stats.flows_closed += 1;
+    }
+
+    /// The flow the last frame given to [`ProxyCore::process`] belonged to, if it was a
+    /// forwarded TCP segment of a flow.
+    pub fn last_hit(&self) -> Option<FlowHit> {
+        self.hit
+    }
+
+    /// Slots of the flows removed (closed, expired, replaced) since the last call: state kept
+    /// per slot elsewhere (the migration engine) must go with them, before the slot is reused.
+    pub fn take_closed(&mut self) -> impl Iterator<Item = u32> + '_ {
+        self.closed.drain(..)
+    }
+
+    /// Where segments the proxy originates for flow `slot` go: the port and the addresses of
+    /// the server leg (`to_server`) or of the client leg, or `None` if the flow is gone or the
+    /// server's next hop is not resolved.
+    pub fn endpoints(&mut self, slot: u32, to_server: bool) -> Option<(usize, Endpoints)> {
+        if !self.flows.contains(slot) {
+            return None;
+        }
+        let fl = *self.flows.get(slot);
+        if to_server {
+            let mac = self.next_hop_mac(self.server, fl.backend.0)?;
+            Some((
+                self.server.port,
+                Endpoints {
+                    src_mac: self.server.mac,
+                    dst_mac: mac,
+                    src: fl.snat.0.to_be_bytes(),
+                    dst: fl.backend.0.to_be_bytes(),
+                    sport: fl.snat.1,
+                    dport: fl.backend.1,
+                },
+            ))
+        } else {
+            Some((
+                self.client.port,
+                Endpoints {
+                    src_mac: self.client.mac,
+                    dst_mac: fl.client_mac,
+                    src: fl.vip.0.to_be_bytes(),
+                    dst: fl.client.0.to_be_bytes(),
+                    sport: fl.vip.1,
+                    dport: fl.client.1,
+                },
+            ))
+        }
     }
 
     /// Expires idle flows (bounded work: at most `max_slots` wheel slots). No allocation: the
@@ -748,8 +827,10 @@ impl ProxyCore {
         let mut pool = std::mem::take(&mut self.snat_ports);
         let addrs = &self.snat_addrs;
         let mut closed = 0u64;
+        let gone = &mut self.closed;
         self.flows.advance(now, max_slots, |t, idx| {
             let fl = t.remove(idx);
+            gone.push(idx);
             if let Some(i) = addrs.iter().position(|&x| x == fl.snat.0) {
                 pool.push_back((u8::try_from(i).unwrap_or(0), fl.snat.1));
             }
