@@ -83,7 +83,7 @@ printf '   sent     sha256 %s\n   received sha256 %s\n   %.1f Mbit/s\n' "$WANT" 
 
 echo "== stopping the appliance (SIGTERM) and reading its counters"
 kill -TERM "$PROXY_PID"; wait "$PROXY_PID"; PROXY_PID=""
-grep -E '^(port|worker) .*(rx=|busy|proxy:)|stopped' "$WORK/proxy.log" | sed 's/^/   proxy | /'
+grep -E '^(port|worker) .*(rx=|busy|proxy:|engines:)|stopped' "$WORK/proxy.log" | sed 's/^/   proxy | /'
 
 if [ "$WANT" = "$GOT" ]; then
     echo "== VERDICT: PASS (the VIP answered; 64 MiB crossed the full-NAT splice intact)"
