@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::{Config, Mode, RssMode};
+use crate::control::{CommandRings, ControlServer, EventRing};
 use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
 use crate::migrate::cache::Budget;
+use crate::migrate::engine::Event;
 use crate::proxy::ProxyCore;
 use crate::stats::{ProxyCounters, ProxySnapshot};
 use crate::stats::{WorkerCounters, WorkerSnapshot};
@@ -83,6 +85,9 @@ pub enum AppError {
     /// The proxy logic refused the configuration.
     #[error("proxy configuration: {0}")]
     Proxy(String),
+    /// The control socket could not be opened.
+    #[error("{0}")]
+    Control(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -208,6 +213,18 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     let macs: Vec<[u8; 6]> = ports.iter().map(|p| p.info().mac).collect();
     let port_ids: Vec<dpdk::PortId> = ports.iter().map(Port::id).collect();
     let hasher = std::collections::hash_map::RandomState::new();
+    let commands: CommandRings = (0..nw)
+        .map(|_| Arc::new(crossbeam_queue::ArrayQueue::new(64)))
+        .collect();
+    let events: EventRing = Arc::new(crossbeam_queue::ArrayQueue::new(4096));
+    let control = if cfg.dataplane.mode == Mode::Proxy {
+        Some(
+            ControlServer::bind(&cfg.control.cli_socket, commands.clone(), hasher.clone())
+                .map_err(|e| AppError::Control(e.0))?,
+        )
+    } else {
+        None
+    };
     let mut jobs: Vec<(LcoreId, Box<dyn FnOnce() + Send + '_>)> = Vec::new();
     for (i, w) in cfg.workers.iter().enumerate() {
         let qi = u16::try_from(i).unwrap_or(u16::MAX);
@@ -269,6 +286,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                             / u32::try_from(cfg.workers.len()).unwrap_or(1).max(1),
                     )),
                     now_us: 0,
+                    commands: commands[i].clone(),
+                    events: events.clone(),
+                    timers: Vec::with_capacity(1024),
+                    timer_set: vec![false; cfg.limits.max_flows_per_worker as usize],
                 };
                 let pc = &proxy_counters[i];
                 jobs.push((LcoreId(w.lcore), Box::new(move || pw.run(stop, c, pc))));
@@ -294,7 +315,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         let mut last_print = Instant::now();
         let mut last: Vec<WorkerSnapshot> = counters.iter().map(WorkerCounters::snapshot).collect();
         while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
+            if let Some(c) = &control {
+                c.poll();
+            }
+            while let Some((w, flow, ev)) = events.pop() {
+                println!("migration worker={w} flow={flow} {}", describe_event(&ev));
+            }
             if opts.run_for.is_some_and(|d| started.elapsed() >= d) {
                 break;
             }
@@ -377,8 +404,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             p.flows_created, p.flows_closed, p.flows_active, p.handoffs_out, p.handoffs_in, p.arp_replies, p.arp_requests, p.drops
         );
         println!(
-            "worker {i} migration engines: active={} rolling cache bytes={} mbufs={} (peak {}) overflow={} segments originated={}",
-            p.engines_active, p.cache_bytes, p.cache_bufs, p.cache_bufs_peak, p.cache_overflow, p.engine_emitted
+            "worker {i} migration engines: active={} rolling cache bytes={} mbufs={} (peak {}) overflow={} segments originated={} migrations started={} done={} cancelled={} reset={}",
+            p.engines_active, p.cache_bytes, p.cache_bufs, p.cache_bufs_peak, p.cache_overflow, p.engine_emitted,
+            p.migrations_started, p.migrations_done, p.migrations_cancelled, p.migrations_reset
         );
     }
     if let Some(path) = &opts.stats_json {
@@ -472,5 +500,36 @@ fn wait_links(ports: &[Port<'_>], max: Duration) {
             if l.up { "up" } else { "DOWN" },
             l.speed_mbps
         );
+    }
+}
+
+/// One line per migration event, for the log (times in milliseconds on the worker's clock).
+fn describe_event(ev: &Event) -> String {
+    let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+    match *ev {
+        Event::Paused { from, to, at } => {
+            format!("paused t={}ms from_device={from} to_device={to}", ms(at))
+        }
+        Event::Connected {
+            device,
+            resume_offset,
+            client_offset,
+            at,
+        } => format!(
+            "connected t={}ms device={device} resume_offset={resume_offset} client_offset={client_offset}",
+            ms(at)
+        ),
+        Event::Replaying { device, at } => format!("replaying t={}ms device={device}", ms(at)),
+        Event::Resumed {
+            device,
+            replayed,
+            at,
+        } => format!("resumed t={}ms device={device} replayed_bytes={replayed}", ms(at)),
+        Event::Cancelled {
+            reason,
+            back_to,
+            at,
+        } => format!("cancelled t={}ms reason={reason} back_to_device={back_to}", ms(at)),
+        Event::Reset { reason, at } => format!("reset t={}ms reason={reason}", ms(at)),
     }
 }

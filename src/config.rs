@@ -341,6 +341,12 @@ pub struct MigrationConfig {
     /// FIN retransmissions toward an old device whose sub-connection the proxy closes.
     #[serde(default = "default_fin_retries")]
     pub fin_retries: u32,
+    /// Lowest port of the service addresses a new device connects to (one per migration).
+    #[serde(default = "default_migration_port_min")]
+    pub port_min: u16,
+    /// Highest migration port.
+    #[serde(default = "default_migration_port_max")]
+    pub port_max: u16,
 }
 
 impl Default for MigrationConfig {
@@ -352,6 +358,8 @@ impl Default for MigrationConfig {
             replay_timeouts: default_replay_timeouts(),
             min_rto_ms: default_min_rto_ms(),
             fin_retries: default_fin_retries(),
+            port_min: default_migration_port_min(),
+            port_max: default_migration_port_max(),
         }
     }
 }
@@ -370,6 +378,12 @@ fn default_min_rto_ms() -> u32 {
 }
 fn default_fin_retries() -> u32 {
     4
+}
+fn default_migration_port_min() -> u16 {
+    40000
+}
+fn default_migration_port_max() -> u16 {
+    40999
 }
 
 /// Bounds on tables and caches. Every one is counted when hit.
@@ -973,6 +987,40 @@ impl Config {
             if !r.contains(&v) {
                 return err(k, format!("{v} is outside {}..={}", r.start(), r.end()));
             }
+        }
+
+        if m.port_min < 1024 || m.port_min > m.port_max {
+            return err(
+                "migration.port_min",
+                format!(
+                    "{}..={} is not a range of unprivileged ports",
+                    m.port_min, m.port_max
+                ),
+            );
+        }
+        if usize::from(m.port_max - m.port_min) + 1 < self.workers.len() {
+            return err(
+                "migration.port_max",
+                format!(
+                    "{}..={} gives some of the {} workers no migration port",
+                    m.port_min,
+                    m.port_max,
+                    self.workers.len()
+                ),
+            );
+        }
+        if let Some(s) = self
+            .services
+            .iter()
+            .find(|s| (m.port_min..=m.port_max).contains(&s.port))
+        {
+            return err(
+                "migration.port_min",
+                format!(
+                    "service `{}` listens on port {}, inside the migration ports {}..={}",
+                    s.name, s.port, m.port_min, m.port_max
+                ),
+            );
         }
 
         let mut svc_names = BTreeSet::new();

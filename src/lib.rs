@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod migrate;
 pub mod proxy;
 pub mod stats;

@@ -123,6 +123,10 @@ pub struct ProxyCounters {
     cache_bufs_peak: AtomicU64,
     cache_overflow: AtomicU64,
     engine_emitted: AtomicU64,
+    migrations_started: AtomicU64,
+    migrations_done: AtomicU64,
+    migrations_cancelled: AtomicU64,
+    migrations_reset: AtomicU64,
 }
 
 impl Default for ProxyCounters {
@@ -150,6 +154,10 @@ impl Default for ProxyCounters {
             cache_bufs_peak: AtomicU64::new(0),
             cache_overflow: AtomicU64::new(0),
             engine_emitted: AtomicU64::new(0),
+            migrations_started: AtomicU64::new(0),
+            migrations_done: AtomicU64::new(0),
+            migrations_cancelled: AtomicU64::new(0),
+            migrations_reset: AtomicU64::new(0),
         }
     }
 }
@@ -201,6 +209,14 @@ pub struct ProxySnapshot {
     pub cache_overflow: u64,
     /// Segments the engines originated (ACKs, replay, handshakes).
     pub engine_emitted: u64,
+    /// Migrations started (the server frozen).
+    pub migrations_started: u64,
+    /// Migrations completed (a new device holds the flow).
+    pub migrations_done: u64,
+    /// Migrations cancelled (the flow went back to the old device).
+    pub migrations_cancelled: u64,
+    /// Migrations that ended in a reset of both ends.
+    pub migrations_reset: u64,
 }
 
 /// Values a proxy worker publishes, besides the core's own statistics.
@@ -230,6 +246,14 @@ pub struct ProxyExtra {
     pub cache_overflow: u64,
     /// Segments the engines originated.
     pub engine_emitted: u64,
+    /// Migrations started.
+    pub migrations_started: u64,
+    /// Migrations completed.
+    pub migrations_done: u64,
+    /// Migrations cancelled.
+    pub migrations_cancelled: u64,
+    /// Migrations reset.
+    pub migrations_reset: u64,
 }
 
 impl ProxyCounters {
@@ -259,6 +283,11 @@ impl ProxyCounters {
         self.cache_bufs_peak.store(x.cache_bufs_peak, Relaxed);
         self.cache_overflow.store(x.cache_overflow, Relaxed);
         self.engine_emitted.store(x.engine_emitted, Relaxed);
+        self.migrations_started.store(x.migrations_started, Relaxed);
+        self.migrations_done.store(x.migrations_done, Relaxed);
+        self.migrations_cancelled
+            .store(x.migrations_cancelled, Relaxed);
+        self.migrations_reset.store(x.migrations_reset, Relaxed);
     }
 
     /// A snapshot.
@@ -292,6 +321,10 @@ impl ProxyCounters {
             cache_bufs_peak: self.cache_bufs_peak.load(Relaxed),
             cache_overflow: self.cache_overflow.load(Relaxed),
             engine_emitted: self.engine_emitted.load(Relaxed),
+            migrations_started: self.migrations_started.load(Relaxed),
+            migrations_done: self.migrations_done.load(Relaxed),
+            migrations_cancelled: self.migrations_cancelled.load(Relaxed),
+            migrations_reset: self.migrations_reset.load(Relaxed),
         }
     }
 }

@@ -12,9 +12,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::control::{Command, EventRing, Migrating};
 use crate::dpdk::{rdtsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, TxResult};
 use crate::migrate::cache::Budget;
-use crate::migrate::engine::{Engine, EngineConfig, Leg, Verdict as Verdict2};
+use crate::migrate::engine::{Engine, EngineConfig, Event, Leg, Verdict as Verdict2};
 use crate::proxy::{FlowHit, ProxyCore, Verdict};
 use crate::stats::{ProxyCounters, ProxyExtra, WorkerCounters, WorkerSnapshot};
 use crate::wire::build::{tcp_frame_len, write_tcp_frame};
@@ -131,6 +132,14 @@ pub struct ProxyWorker<'p> {
     pub budget: Budget,
     /// Microseconds on the engines' clock.
     pub now_us: u64,
+    /// Commands from the slow path.
+    pub commands: std::sync::Arc<crossbeam_queue::ArrayQueue<Command>>,
+    /// Migration progress to the slow path.
+    pub events: EventRing,
+    /// Slots whose engine has a deadline (migrating flows), and a flag per slot.
+    pub timers: Vec<u32>,
+    /// `timers` membership, by slot.
+    pub timer_set: Vec<bool>,
 }
 
 impl ProxyWorker<'_> {
@@ -180,15 +189,126 @@ impl ProxyWorker<'_> {
         let from = if hit.from_server {
             Leg::Server
         } else {
-            Leg::Device(0)
+            Leg::Device(hit.device)
         };
         let overflow = e.stats.rolling_overflow;
         match e.on_segment(self.now_us, from, m, &mut self.budget) {
+            // The NAT already translated the frame toward the leg the engine forwards it to
+            // (server segments to the current device, device segments to the server).
             Verdict2::Forward(_, m) => account(s, self.tx[port].push(m)),
             Verdict2::Consumed | Verdict2::Drop(_) => {}
         }
         x.cache_overflow += e.stats.rolling_overflow - overflow;
-        self.emit(hit.slot, s, x);
+        self.after_engine(hit.slot, s, x);
+    }
+
+    /// After an engine ran: send what it originated, pass its events on (switching the NAT to
+    /// a device that took the flow over), and keep its deadline in the timer list.
+    fn after_engine(&mut self, slot: u32, s: &mut WorkerSnapshot, x: &mut ProxyExtra) {
+        self.emit(slot, s, x);
+        let i = slot as usize;
+        let Some(Some(e)) = self.engines.get_mut(i) else {
+            return;
+        };
+        let current = self.core.device_of(slot);
+        while let Some(ev) = e.poll_event() {
+            match ev {
+                Event::Paused { .. } => x.migrations_started += 1,
+                Event::Resumed { device, .. }
+                    if device != current && self.core.switch_device(slot, current, device) =>
+                {
+                    x.migrations_done += 1;
+                }
+                Event::Cancelled { .. } => x.migrations_cancelled += 1,
+                Event::Reset { .. } => x.migrations_reset += 1,
+                _ => {}
+            }
+            let _ = self.events.push((self.index, slot, ev));
+        }
+        if e.poll_timeout().is_some() && !self.timer_set.get(i).copied().unwrap_or(true) {
+            self.timer_set[i] = true;
+            self.timers.push(slot);
+        }
+    }
+
+    /// Runs the engines whose deadline passed (bounded by the number of migrating flows).
+    fn run_timers(&mut self, s: &mut WorkerSnapshot, x: &mut ProxyExtra) {
+        let mut k = 0;
+        while k < self.timers.len() {
+            let slot = self.timers[k];
+            let due = match self.engines.get(slot as usize) {
+                Some(Some(e)) => e.poll_timeout(),
+                _ => None,
+            };
+            match due {
+                None => {
+                    self.timers.swap_remove(k);
+                    if let Some(f) = self.timer_set.get_mut(slot as usize) {
+                        *f = false;
+                    }
+                    continue;
+                }
+                Some(t) if t <= self.now_us => {
+                    if let Some(Some(e)) = self.engines.get_mut(slot as usize) {
+                        e.on_timeout(self.now_us, &mut self.budget);
+                    }
+                    self.after_engine(slot, s, x);
+                }
+                Some(_) => {}
+            }
+            k += 1;
+        }
+    }
+
+    /// Commands from the slow path.
+    fn run_commands(&mut self, s: &mut WorkerSnapshot, x: &mut ProxyExtra) {
+        while let Some(cmd) = self.commands.pop() {
+            match cmd {
+                Command::Migrate {
+                    client,
+                    vip,
+                    offset,
+                    reply,
+                } => {
+                    let r = self.start_migration(client, vip, offset, s, x);
+                    let _ = reply.try_send(r);
+                }
+            }
+        }
+    }
+
+    /// An accepted migration request: freeze the flow and reserve the port its target
+    /// connects to.
+    fn start_migration(
+        &mut self,
+        client: (u32, u16),
+        vip: (u32, u16),
+        offset: Option<u64>,
+        s: &mut WorkerSnapshot,
+        x: &mut ProxyExtra,
+    ) -> Result<Migrating, String> {
+        let slot = self.core.lookup_client(client, vip).ok_or_else(|| {
+            "no flow of that client to that service address (closed, or never seen)".to_owned()
+        })?;
+        let Some(Some(e)) = self.engines.get_mut(slot as usize) else {
+            return Err("the flow has no migration engine (it started before this proxy)".into());
+        };
+        let gen = e.next_device();
+        let port = self
+            .core
+            .reserve_migration(slot, gen)
+            .ok_or("no migration port left on this worker (raise [migration] port_max)")?;
+        if let Err(r) = e.migrate(self.now_us, offset, &mut self.budget) {
+            self.core.release_migration(port);
+            return Err(r.to_string());
+        }
+        self.after_engine(slot, s, x);
+        Ok(Migrating {
+            worker: self.index,
+            flow: slot,
+            device: gen,
+            migration_port: port,
+        })
     }
 
     /// Builds and sends the segments the engine of `slot` originates.
@@ -197,14 +317,11 @@ impl ProxyWorker<'_> {
             return;
         };
         while let Some(t) = e.poll_transmit(self.now_us) {
-            // Device legs other than the first are reached through the migration port, which
-            // the control plane wires; until then only the original legs exist.
-            let to_server = match t.to {
-                Leg::Server => true,
-                Leg::Device(0) => false,
-                Leg::Device(_) => continue,
+            let device = match t.to {
+                Leg::Server => None,
+                Leg::Device(g) => Some(g),
             };
-            let Some((port, ep)) = self.core.endpoints(slot, to_server) else {
+            let Some((port, ep)) = self.core.endpoints(slot, device) else {
                 continue;
             };
             let Some(mut m) = self.pool.alloc() else {
@@ -236,6 +353,10 @@ impl ProxyWorker<'_> {
             if let Some(mut e) = self.engines.get_mut(slot as usize).and_then(Option::take) {
                 e.release(&mut self.budget);
                 x.engines_active = x.engines_active.saturating_sub(1);
+            }
+            if self.timer_set.get(slot as usize).copied().unwrap_or(false) {
+                self.timer_set[slot as usize] = false;
+                self.timers.retain(|&t| t != slot);
             }
         }
     }
@@ -357,6 +478,8 @@ impl ProxyWorker<'_> {
         }
         self.core.expire(64);
         self.release_closed(x);
+        self.run_commands(s, x);
+        self.run_timers(s, x);
         x.cache_bytes = self.budget.used;
         x.cache_bufs = self.budget.bufs;
         x.cache_bufs_peak = x.cache_bufs_peak.max(self.budget.bufs);

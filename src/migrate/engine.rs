@@ -440,6 +440,14 @@ struct DeviceLeg {
 }
 
 impl DeviceLeg {
+    /// Payload bytes per segment toward this device: the MSS it announced counts no TCP
+    /// options (RFC 9293 3.7.1), so the timestamps option the proxy sends comes off it.
+    fn payload_mss(&self) -> u16 {
+        self.mss
+            .saturating_sub(if self.ts { 12 } else { 0 })
+            .max(64)
+    }
+
     /// The ACK field toward a closing device: what was accepted, plus its FIN if that directly
     /// follows.
     fn closing_ack(&self, accepted: SeqNumber) -> SeqNumber {
@@ -673,6 +681,11 @@ impl<B: SharedBuf> Engine<B> {
             State::Resuming(_) => Phase::Resuming,
             State::Closed(_) => Phase::Closed,
         }
+    }
+
+    /// The generation the next migration's target will get.
+    pub fn next_device(&self) -> u32 {
+        self.next_gen
     }
 
     /// The device that holds the flow.
@@ -1507,7 +1520,14 @@ impl<B: SharedBuf> Engine<B> {
         // The old device's bytes end where the target's begin.
         self.dev.accept_end = Some(s.c_next - self.dev.sp.c2s);
         let (end, fin) = data_end(&p.freeze);
-        let sender = ReplaySender::new(self.cfg.sender, resume, end, fin, u32::from(mss), 0);
+        let sender = ReplaySender::new(
+            self.cfg.sender,
+            resume,
+            end,
+            fin,
+            u32::from(leg.payload_mss()),
+            0,
+        );
         self.events.push_back(Event::Connected {
             device: p.target,
             resume_offset: self.offset_of(resume),
@@ -1848,7 +1868,7 @@ impl<B: SharedBuf> Engine<B> {
                 from,
                 end,
                 fin,
-                u32::from(d.mss),
+                u32::from(d.payload_mss()),
                 d.wnd_bytes(),
             )
             .with_in_flight(now, d.fwd_end);

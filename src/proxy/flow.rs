@@ -181,6 +181,27 @@ impl FlowTable {
         self.index.get(k).copied()
     }
 
+    /// Moves the client side of flow `idx` to another device: `client` and `vip` change, and
+    /// the client-side key with them (the server side is untouched). `false` if the new key is
+    /// taken by another flow.
+    pub fn rekey_client(&mut self, idx: u32, client: (u32, u16), vip: (u32, u16)) -> bool {
+        if !self.contains(idx) {
+            return false;
+        }
+        let mut f = self.flows[idx as usize];
+        let old = client_key(&f);
+        f.client = client;
+        f.vip = vip;
+        let new = client_key(&f);
+        if self.index.get(&new).is_some_and(|&i| i != idx) {
+            return false;
+        }
+        self.index.remove(&old);
+        self.index.insert(new, idx);
+        self.flows[idx as usize] = f;
+        true
+    }
+
     /// Whether slot `idx` holds a live flow.
     pub fn contains(&self, idx: u32) -> bool {
         self.live.get(idx as usize).copied().unwrap_or(false)

@@ -215,6 +215,18 @@ pub struct ProxyCore {
     hit: Option<FlowHit>,
     /// Slots of flows removed since the last `take_closed` (capacity: the table's).
     closed: Vec<u32>,
+    /// Migration ports this worker may hand out (`port % workers == worker`).
+    mports_free: VecDeque<u16>,
+    /// The configured migration port range.
+    mport_range: (u16, u16),
+    /// Reserved migration ports -> (flow slot, device generation).
+    mports: HashMap<u16, (u32, u32), RandomState>,
+    /// Client-side keys of devices other than a flow's current one -> (slot, generation).
+    legs: HashMap<Key, (u32, u32), RandomState>,
+    /// Addresses of devices by (slot, generation), for the segments the engine originates.
+    devices: HashMap<(u32, u32), DeviceAddr, RandomState>,
+    /// The current device generation of migrated flows (absent: 0).
+    current: HashMap<u32, u32, RandomState>,
     /// Counters.
     pub stats: ProxyStats,
 }
@@ -238,6 +250,19 @@ pub struct FlowHit {
     pub from_server: bool,
     /// This segment (the client's SYN) created the flow.
     pub created: bool,
+    /// From the client side: which device (generation) sent it; 0 until the flow migrates.
+    pub device: u32,
+}
+
+/// Where a device of a migrating flow is (the flow's own fields describe the current one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeviceAddr {
+    ip: u32,
+    port: u16,
+    mac: [u8; 6],
+    /// The service port it talks to (the VIP's port for the first device, the migration port
+    /// for the others).
+    vport: u16,
 }
 
 /// An ARP request unanswered for this long is forgotten, so its slot can serve another address.
@@ -312,7 +337,7 @@ impl ProxyCore {
         neighbours.reserve(l.max_neighbours as usize);
         let mut arp_sent = HashMap::with_hasher(hasher.clone());
         arp_sent.reserve(l.max_neighbours as usize);
-        let mut flows = FlowTable::new(l.max_flows_per_worker, hasher);
+        let mut flows = FlowTable::new(l.max_flows_per_worker, hasher.clone());
         flows.start(ticks(now_ms));
         let t = |s: u32| ticks(u64::from(s) * 1000).max(1);
         let mut core = ProxyCore {
@@ -353,6 +378,14 @@ impl ProxyCore {
             exception: None,
             hit: None,
             closed: Vec::with_capacity(l.max_flows_per_worker as usize),
+            mports_free: (cfg.migration.port_min..=cfg.migration.port_max)
+                .filter(|p| usize::from(*p) % workers == worker)
+                .collect(),
+            mport_range: (cfg.migration.port_min, cfg.migration.port_max),
+            mports: HashMap::with_hasher(hasher.clone()),
+            legs: HashMap::with_hasher(hasher.clone()),
+            devices: HashMap::with_hasher(hasher.clone()),
+            current: HashMap::with_hasher(hasher.clone()),
             stats: ProxyStats::default(),
         };
         // Resolve every backend's next hop at once, so that the first SYN does not wait for ARP.
@@ -528,22 +561,64 @@ impl ProxyCore {
             sport: m.sport,
             dport: m.dport,
         };
-        let Some(svc) = self
-            .services
-            .iter()
-            .position(|s| s.vip == dst && s.port == m.dport)
-        else {
-            return Verdict::Drop(if self.is_ours(self.client, dst) {
-                Cause::NoService
-            } else {
-                Cause::NotForUs
-            });
+        // A migration port belongs to the worker that reserved it (`port % workers`); a service
+        // port's flows to the worker the client tuple hashes to.
+        let migration = (self.mport_range.0..=self.mport_range.1).contains(&m.dport)
+            && self.services.iter().any(|s| s.vip == dst);
+        let svc = if migration {
+            None
+        } else {
+            match self
+                .services
+                .iter()
+                .position(|s| s.vip == dst && s.port == m.dport)
+            {
+                Some(i) => Some(i),
+                None => {
+                    return Verdict::Drop(if self.is_ours(self.client, dst) {
+                        Cause::NoService
+                    } else {
+                        Cause::NotForUs
+                    })
+                }
+            }
         };
-        let owner = self.owner_of_client(&k);
+        let owner = if migration {
+            usize::from(m.dport) % self.workers
+        } else {
+            self.owner_of_client(&k)
+        };
         if owner != self.worker {
             return Verdict::HandOff(owner);
         }
         let is_syn = m.flags.has(TcpFlags::SYN) && !m.flags.has(TcpFlags::ACK);
+        // A device of a migrating flow other than its current one (the target before the
+        // splice, the old device after it): its segments are the engine's business.
+        if !self.legs.is_empty() {
+            if let Some(&(slot, gen)) = self.legs.get(&k) {
+                return self.forward_to_server(f, m, slot, gen, false, false);
+            }
+        }
+        if migration && is_syn {
+            // The target's SYN on the port reserved for its migration.
+            if let Some(&(slot, gen)) = self.mports.get(&m.dport) {
+                if self.flows.contains(slot) && self.flows.get(slot).vip.0 == dst {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(&f[6..12]);
+                    self.legs.insert(k, (slot, gen));
+                    self.devices.insert(
+                        (slot, gen),
+                        DeviceAddr {
+                            ip: k.src,
+                            port: k.sport,
+                            mac,
+                            vport: m.dport,
+                        },
+                    );
+                    return self.forward_to_server(f, m, slot, gen, false, false);
+                }
+            }
+        }
         let mut idx = self.flows.lookup(&k);
         if let Some(i) = idx {
             // A new SYN on a closed flow's tuple: the client reuses its port; start afresh.
@@ -558,14 +633,38 @@ impl ProxyCore {
             }
         }
         let created = idx.is_none();
-        let idx = match idx {
-            Some(i) => i,
-            None if is_syn => match self.create(svc, &k, f) {
+        let idx = match (idx, svc) {
+            (Some(i), _) => i,
+            (None, Some(svc)) if is_syn => match self.create(svc, &k, f) {
                 Ok(i) => i,
                 Err(c) => return Verdict::Drop(c),
             },
-            None => return Verdict::Drop(Cause::NoFlow),
+            _ => return Verdict::Drop(Cause::NoFlow),
         };
+        let gen = self.current_device(idx);
+        self.forward_to_server(f, m, idx, gen, created && is_syn, true)
+    }
+
+    /// The device generation that currently holds flow `slot`.
+    fn current_device(&self, slot: u32) -> u32 {
+        if self.current.is_empty() {
+            0
+        } else {
+            self.current.get(&slot).copied().unwrap_or(0)
+        }
+    }
+
+    /// Translates a client-side segment of flow `idx` (from device `gen`) toward the server.
+    /// `track`: the segment is the current device's and moves the flow's TCP state.
+    fn forward_to_server(
+        &mut self,
+        f: &mut [u8],
+        m: &TcpMeta,
+        idx: u32,
+        gen: u32,
+        created: bool,
+        track: bool,
+    ) -> Verdict {
         let fl = *self.flows.get(idx);
         let Some(mac) = self.next_hop_mac(self.server, fl.backend.0) else {
             return Verdict::Drop(if self.route(self.server, fl.backend.0).is_none() {
@@ -577,7 +676,8 @@ impl ProxyCore {
         let Some(mut s) = TcpSegmentMut::new(f, m) else {
             return Verdict::Drop(Cause::Wire(DropReason::Truncated));
         };
-        if is_syn {
+        let is_syn = m.flags.has(TcpFlags::SYN) && !m.flags.has(TcpFlags::ACK);
+        if is_syn && track {
             let o = LegOptions {
                 mss: s.mss().map_or(0, |v| {
                     if self.mss_clamp != 0 {
@@ -600,11 +700,14 @@ impl ProxyCore {
         s.set_src_port(fl.snat.1);
         s.set_dst_port(fl.backend.1);
         set_macs(f, mac, self.server.mac);
-        self.track(idx, true, m);
+        if track {
+            self.track(idx, true, m);
+        }
         self.hit = Some(FlowHit {
             slot: idx,
             from_server: false,
-            created: is_syn && created,
+            created,
+            device: gen,
         });
         Verdict::Tx(self.server.port)
     }
@@ -653,6 +756,7 @@ impl ProxyCore {
             slot: idx,
             from_server: true,
             created: false,
+            device: 0,
         });
         Verdict::Tx(self.client.port)
     }
@@ -765,6 +869,7 @@ impl ProxyCore {
     fn close(&mut self, idx: u32) {
         let fl = self.flows.remove(idx);
         self.closed.push(idx);
+        self.forget_devices(idx);
         if let Some(a) = self.snat_addrs.iter().position(|&x| x == fl.snat.0) {
             self.snat_ports
                 .push_back((u8::try_from(a).unwrap_or(0), fl.snat.1));
@@ -785,16 +890,17 @@ impl ProxyCore {
     }
 
     /// Where segments the proxy originates for flow `slot` go: the port and the addresses of
-    /// the server leg (`to_server`) or of the client leg, or `None` if the flow is gone or the
+    /// the server leg (`device: None`) or of device generation `device` (a migrating flow's
+    /// target or former device, or the current one), or `None` if the flow is gone or the
     /// server's next hop is not resolved.
-    pub fn endpoints(&mut self, slot: u32, to_server: bool) -> Option<(usize, Endpoints)> {
+    pub fn endpoints(&mut self, slot: u32, device: Option<u32>) -> Option<(usize, Endpoints)> {
         if !self.flows.contains(slot) {
             return None;
         }
         let fl = *self.flows.get(slot);
-        if to_server {
+        let Some(gen) = device else {
             let mac = self.next_hop_mac(self.server, fl.backend.0)?;
-            Some((
+            return Some((
                 self.server.port,
                 Endpoints {
                     src_mac: self.server.mac,
@@ -804,20 +910,143 @@ impl ProxyCore {
                     sport: fl.snat.1,
                     dport: fl.backend.1,
                 },
-            ))
-        } else {
-            Some((
-                self.client.port,
-                Endpoints {
-                    src_mac: self.client.mac,
-                    dst_mac: fl.client_mac,
-                    src: fl.vip.0.to_be_bytes(),
-                    dst: fl.client.0.to_be_bytes(),
-                    sport: fl.vip.1,
-                    dport: fl.client.1,
-                },
-            ))
+            ));
+        };
+        let d = match self.devices.get(&(slot, gen)) {
+            Some(d) => *d,
+            None if gen == self.current_device(slot) => DeviceAddr {
+                ip: fl.client.0,
+                port: fl.client.1,
+                mac: fl.client_mac,
+                vport: fl.vip.1,
+            },
+            None => return None,
+        };
+        Some((
+            self.client.port,
+            Endpoints {
+                src_mac: self.client.mac,
+                dst_mac: d.mac,
+                src: fl.vip.0.to_be_bytes(),
+                dst: d.ip.to_be_bytes(),
+                sport: d.vport,
+                dport: d.port,
+            },
+        ))
+    }
+
+    /// The flow of client `client` talking to service address `vip`, if this worker has it.
+    pub fn lookup_client(&self, client: (u32, u16), vip: (u32, u16)) -> Option<u32> {
+        self.flows.lookup(&Key {
+            src: client.0,
+            dst: vip.0,
+            sport: client.1,
+            dport: vip.1,
+        })
+    }
+
+    /// The worker that owns the flow of `client` to `vip` (the same hash every worker uses).
+    pub fn owner_of(
+        hasher: &RandomState,
+        workers: usize,
+        client: (u32, u16),
+        vip: (u32, u16),
+    ) -> usize {
+        let k = Key {
+            src: client.0,
+            dst: vip.0,
+            sport: client.1,
+            dport: vip.1,
+        };
+        (hasher.hash_one(k) % workers.max(1) as u64) as usize
+    }
+
+    /// Reserves a migration port for device generation `gen` of flow `slot`: the target
+    /// connects to the flow's VIP on it. `None` when this worker's ports are exhausted.
+    pub fn reserve_migration(&mut self, slot: u32, gen: u32) -> Option<u16> {
+        let p = self.mports_free.pop_front()?;
+        self.mports.insert(p, (slot, gen));
+        Some(p)
+    }
+
+    /// Returns a reserved migration port whose migration did not start.
+    pub fn release_migration(&mut self, port: u16) {
+        if self.mports.remove(&port).is_some() {
+            self.mports_free.push_back(port);
         }
+    }
+
+    /// The device generation that holds flow `slot` (0 until it migrated).
+    pub fn device_of(&self, slot: u32) -> u32 {
+        self.current_device(slot)
+    }
+
+    /// Device `to` took flow `slot` over from device `from` (the engine spliced): the flow's
+    /// client side now is `to` (the NAT sends the server's segments there); `from` stays
+    /// reachable as a former device until the flow goes.
+    pub fn switch_device(&mut self, slot: u32, from: u32, to: u32) -> bool {
+        let Some(&d) = self.devices.get(&(slot, to)) else {
+            return false;
+        };
+        if !self.flows.contains(slot) {
+            return false;
+        }
+        let fl = *self.flows.get(slot);
+        let old = DeviceAddr {
+            ip: fl.client.0,
+            port: fl.client.1,
+            mac: fl.client_mac,
+            vport: fl.vip.1,
+        };
+        let new_key = Key {
+            src: d.ip,
+            dst: fl.vip.0,
+            sport: d.port,
+            dport: d.vport,
+        };
+        if !self
+            .flows
+            .rekey_client(slot, (d.ip, d.port), (fl.vip.0, d.vport))
+        {
+            return false;
+        }
+        self.flows.get_mut(slot).client_mac = d.mac;
+        self.legs.remove(&new_key);
+        self.legs.insert(
+            Key {
+                src: old.ip,
+                dst: fl.vip.0,
+                sport: old.port,
+                dport: old.vport,
+            },
+            (slot, from),
+        );
+        self.devices.insert((slot, from), old);
+        self.devices.remove(&(slot, to));
+        self.current.insert(slot, to);
+        true
+    }
+
+    /// Forgets the device legs and returns the migration ports of a removed flow.
+    fn forget_devices(&mut self, slot: u32) {
+        if self.devices.is_empty() && self.mports.is_empty() {
+            return;
+        }
+        self.legs.retain(|_, v| v.0 != slot);
+        self.devices.retain(|k, _| k.0 != slot);
+        self.current.remove(&slot);
+        let mut freed = [0u16; 16];
+        let mut n = 0;
+        self.mports.retain(|p, v| {
+            if v.0 == slot && n < freed.len() {
+                freed[n] = *p;
+                n += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.mports_free.extend(&freed[..n]);
     }
 
     /// Expires idle flows (bounded work: at most `max_slots` wheel slots). No allocation: the
@@ -838,6 +1067,13 @@ impl ProxyCore {
         });
         self.snat_ports = pool;
         self.stats.flows_closed += closed;
+        if !self.devices.is_empty() || !self.mports.is_empty() {
+            let n = self.closed.len();
+            for k in n - usize::try_from(closed).unwrap_or(0).min(n)..n {
+                let slot = self.closed[k];
+                self.forget_devices(slot);
+            }
+        }
         self.sweep_neighbours();
     }
 

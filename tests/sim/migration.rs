@@ -184,6 +184,9 @@ pub struct FlowRec<B> {
     pub s_fin: bool,
     pub retx_migrating: u64,
     pub retx_total: u64,
+    /// While frozen: server data segments the proxy received and has not acknowledged yet
+    /// (end, when received).
+    pub unacked: std::collections::VecDeque<(SeqNumber, u64)>,
     /// (time, stream offset, length) of each server retransmission.
     pub retx_log: Vec<(u64, u32, u32)>,
     pub s_isn: SeqNumber,
@@ -367,6 +370,7 @@ impl<'a, B: SharedBuf> World<'a, B> {
                 retx_migrating: 0,
                 retx_total: 0,
                 retx_log: Vec::new(),
+                unacked: std::collections::VecDeque::new(),
                 s_isn: SeqNumber(0),
                 c_isn: SeqNumber(0),
                 violations: Vec::new(),
@@ -497,6 +501,18 @@ impl<'a, B: SharedBuf> World<'a, B> {
                 ));
             }
             write_tcp_frame(&mut buf, &ep, &e.fields, &parts).unwrap();
+            if let Leg::Device(g) = e.to {
+                // What the proxy originates must fit the device's MTU (its MSS counts no
+                // options; the IP packet is the frame without its Ethernet header).
+                let phys = self.socks[self.flows[flow].devs[&g]].phys;
+                let mtu = self.spec(phys).mtu;
+                if buf.len() - 14 > mtu {
+                    self.fail(&format!(
+                        "the proxy sent device {g} a {}-byte packet over its {mtu}-byte MTU",
+                        buf.len() - 14
+                    ));
+                }
+            }
             self.proxy_out(flow, e.to, buf);
         }
         while let Some(ev) = self.flows[flow].eng.poll_event() {
@@ -531,6 +547,7 @@ impl<'a, B: SharedBuf> World<'a, B> {
                 }
             }
             Event::Resumed { device, .. } => {
+                fr.unacked.clear();
                 if device != fr.holder {
                     fr.hops_done += 1;
                 }
@@ -646,6 +663,11 @@ impl<'a, B: SharedBuf> World<'a, B> {
             }
         }
         let end = m.seq + len + u32::from(m.flags.has(TcpFlags::FIN));
+        // A frozen server must get the ACK of every segment at once (Linux fires a tail-loss
+        // probe 2*SRTT + a few ms later). One-byte segments are smoltcp's window probes.
+        if fr.migrating && len > 1 {
+            fr.unacked.push_back((m.seq + len, self.now));
+        }
         if end.diff(max) > 0 {
             fr.s_max = Some(end);
         }
@@ -662,6 +684,20 @@ impl<'a, B: SharedBuf> World<'a, B> {
         }
         if m.flags.has(TcpFlags::FIN) && !fr.s_fin {
             v.push(format!("the server received a FIN before it closed: {m:?}"));
+        }
+        if m.flags.has(TcpFlags::ACK) {
+            while fr.unacked.front().is_some_and(|(e, _)| m.ack.diff(*e) >= 0) {
+                fr.unacked.pop_front();
+            }
+        }
+        if let Some(&(e, at)) = fr.unacked.front() {
+            if self.now > at + 1_000 {
+                v.push(format!(
+                    "the frozen server waited {} us for the ACK of its segment ending at {}",
+                    self.now - at,
+                    e.0
+                ));
+            }
         }
         if let Some(max) = fr.s_max {
             if m.flags.has(TcpFlags::ACK) && m.ack.diff(max) > 0 {
@@ -766,6 +802,17 @@ impl<'a, B: SharedBuf> World<'a, B> {
 
     fn control(&mut self) {
         for f in 0..self.flows.len() {
+            if let Some(&(e, at)) = self.flows[f].unacked.front() {
+                if self.now > at + 1_000 {
+                    let waited = self.now - at;
+                    let fr = &self.flows[f];
+                    self.fail(&format!(
+                        "flow {f}: the frozen server waited {waited} us (and counting) for the \
+                         ACK of its segment ending at {} ({:?})",
+                        e.0, fr.timeline
+                    ));
+                }
+            }
             if let Some((gen, phys, at)) = self.flows[f].pending {
                 if self.now >= at {
                     self.flows[f].pending = None;
