@@ -301,6 +301,10 @@ fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
             .collect::<Vec<_>>()
     };
     let out = proxy.stop();
+    println!("control reply: {reply}");
+    for l in out.lines().filter(|l| l.contains("migration")) {
+        println!("{l}");
+    }
     // While frozen: nothing at all (no retransmission, not even a tail-loss probe).
     let during = moved(&before, &frozen, &WATCHED);
     assert!(
