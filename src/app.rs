@@ -219,8 +219,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     let events: EventRing = Arc::new(crossbeam_queue::ArrayQueue::new(4096));
     let control = if cfg.dataplane.mode == Mode::Proxy {
         Some(
-            ControlServer::bind(&cfg.control.cli_socket, commands.clone(), hasher.clone())
-                .map_err(|e| AppError::Control(e.0))?,
+            ControlServer::bind(
+                &cfg.control.cli_socket,
+                commands.clone(),
+                hasher.clone(),
+                (cfg.migration.port_min, cfg.migration.port_max),
+            )
+            .map_err(|e| AppError::Control(e.0))?,
         )
     } else {
         None

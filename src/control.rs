@@ -102,6 +102,7 @@ pub struct ControlServer {
     path: PathBuf,
     rings: CommandRings,
     hasher: RandomState,
+    migration_ports: (u16, u16),
 }
 
 /// Why the control socket could not be opened.
@@ -111,7 +112,12 @@ pub struct BindError(pub String);
 impl ControlServer {
     /// Opens the socket at `path` (a stale file from a stopped instance is replaced; a live
     /// instance is an error), owner-only permissions.
-    pub fn bind(path: &Path, rings: CommandRings, hasher: RandomState) -> Result<Self, BindError> {
+    pub fn bind(
+        path: &Path,
+        rings: CommandRings,
+        hasher: RandomState,
+        migration_ports: (u16, u16),
+    ) -> Result<Self, BindError> {
         let shown = path.display();
         if UnixStream::connect(path).is_ok() {
             return Err(BindError(format!(
@@ -135,6 +141,7 @@ impl ControlServer {
             path: path.to_owned(),
             rings,
             hasher,
+            migration_ports,
         })
     }
 
@@ -172,7 +179,14 @@ impl ControlServer {
                 offset,
             } => {
                 let (client, vip) = (addr(client), addr(vip));
-                let w = ProxyCore::owner_of(&self.hasher, self.rings.len(), client, vip);
+                // A flow that migrated before talks to a migration port, owned by the worker
+                // that reserved it; the others hash their tuple.
+                let (lo, hi) = self.migration_ports;
+                let w = if (lo..=hi).contains(&vip.1) {
+                    usize::from(vip.1) % self.rings.len().max(1)
+                } else {
+                    ProxyCore::owner_of(&self.hasher, self.rings.len(), client, vip)
+                };
                 let (tx, rx) = sync_channel(1);
                 let cmd = Command::Migrate {
                     client,

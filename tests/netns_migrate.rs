@@ -146,10 +146,22 @@ fn control(sock: &std::path::Path, req: &str) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("reply {out:?}: {e}"))
 }
 
-#[test]
-fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
+/// The test bed: server, phone and PC namespaces, the bridge, the proxy's configuration (the
+/// embedded default with `subst` applied) and its control socket path.
+struct Bed {
+    server: Netns,
+    phone: Netns,
+    pc: Netns,
+    dir: TempDir,
+    sock: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+    _links: (Veth, Veth, Veth, HostVeth, Bridge),
+}
+
+fn bed(tag: &str, subst: &[(&str, &str)]) -> Bed {
     common::require_root();
-    let t = format!("m{}", common::tag());
+    let t = format!("{tag}{}", common::tag());
+
     let dir = TempDir::new(&format!("migrate-{t}"));
     let server = Netns::new(&format!("tsmpt-s{t}"));
     let phone = Netns::new(&format!("tsmpt-p{t}"));
@@ -184,34 +196,48 @@ fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
         must("ip", &["link", "set", dev, "up"]);
     }
     let sock = dir.0.join("tsmp.sock");
-    let mut text = common::profile(
-        "default.toml",
-        &[
-            (
-                "iface=tsmp-c0,qpairs=1",
-                &format!("iface={},qpairs=1", px.0),
-            ),
-            (
-                "iface=tsmp-s0,qpairs=1",
-                &format!("iface={},qpairs=1", vs.host),
-            ),
-            (
-                "file_prefix = \"tsmp\"",
-                &format!("file_prefix = \"tsmpt{t}\""),
-            ),
-            // The phone keeps draining after its application stopped: the bytes between the
-            // consumed offset and its ACK must stay cached for the explicit resume offset.
-            ("keep_acked_bytes = 262144", "keep_acked_bytes = 8388608"),
-            ("flow_cache_bytes = 4194304", "flow_cache_bytes = 16777216"),
-        ],
+    let (c0, s0, fp) = (
+        format!("iface={},qpairs=1", px.0),
+        format!("iface={},qpairs=1", vs.host),
+        format!("file_prefix = \"tsmpt{t}\""),
     );
+    let mut all: Vec<(&str, &str)> = vec![
+        ("iface=tsmp-c0,qpairs=1", &c0),
+        ("iface=tsmp-s0,qpairs=1", &s0),
+        ("file_prefix = \"tsmp\"", &fp),
+    ];
+    all.extend_from_slice(subst);
+    let mut text = common::profile("default.toml", &all);
     text.push_str(&format!(
         "\n[control]\ncli_socket = \"{}\"\n",
         sock.display()
     ));
     let cfg = dir.0.join("proxy.toml");
     std::fs::write(&cfg, text).unwrap();
-    let mut proxy = Proxy::start(&cfg, &[]);
+    Bed {
+        server,
+        phone,
+        pc,
+        dir,
+        sock,
+        cfg,
+        _links: (vs, vp, vc, px, br),
+    }
+}
+
+#[test]
+fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
+    // The phone keeps draining after its application stopped: the bytes between the consumed
+    // offset and its ACK must stay cached for the explicit resume offset.
+    let b = bed(
+        "m",
+        &[
+            ("keep_acked_bytes = 262144", "keep_acked_bytes = 8388608"),
+            ("flow_cache_bytes = 4194304", "flow_cache_bytes = 16777216"),
+        ],
+    );
+    let (server, phone, pc, sock, cfg) = (&b.server, &b.phone, &b.pc, &b.sock, &b.cfg);
+    let mut proxy = Proxy::start(cfg, &[]);
 
     let total: u64 = 24 << 20;
     let consumed_target: u64 = 3 << 20;
@@ -227,7 +253,7 @@ fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
         &total.to_string(),
     ]);
     std::thread::sleep(Duration::from_millis(300));
-    let start = counters(&server);
+    let start = counters(server);
     for k in WATCHED {
         assert!(
             start.contains_key(k),
@@ -235,14 +261,14 @@ fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
         );
     }
 
-    let mut ph = phone_client(&phone, "80", 0, consumed_target);
+    let mut ph = phone_client(phone, "80", 0, consumed_target);
     let phone_port = line_from(&mut ph, "port");
     let consumed: u64 = line_from(&mut ph, "consumed").parse().unwrap();
     assert_eq!(consumed, consumed_target);
-    let before = counters(&server);
+    let before = counters(server);
 
     let reply = control(
-        &sock,
+        sock,
         &format!(
             r#"{{"migrate": {{"client": "198.18.0.1:{phone_port}", "vip": "198.18.0.10:80", "offset": {consumed}}}}}"#
         ),
@@ -252,18 +278,18 @@ fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
         .unwrap_or_else(|| panic!("migration refused: {reply}"));
     // A second request for the same flow is refused.
     let again = control(
-        &sock,
+        sock,
         &format!(
             r#"{{"migrate": {{"client": "198.18.0.1:{phone_port}", "vip": "198.18.0.10:80"}}}}"#
         ),
     );
     assert!(again["error"].is_string(), "{again}");
 
-    let pcc = phone_client(&pc, &mport.to_string(), consumed, 0);
+    let pcc = phone_client(pc, &mport.to_string(), consumed, 0);
     // The server is frozen from the MFR until the splice; the target's handshake completes well
     // inside that (the replay follows): read the counters there.
     proxy.wait_for(" replaying ", Duration::from_secs(20));
-    let frozen = counters(&server);
+    let frozen = counters(server);
     proxy.wait_for(" resumed ", Duration::from_secs(20));
     let pc_out = pcc.wait_with_output().unwrap();
     let pc_out = String::from_utf8_lossy(&pc_out.stdout).into_owned();
@@ -291,7 +317,7 @@ fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
     }
     let _ = ph.wait();
 
-    let end = counters(&server);
+    let end = counters(server);
     let moved = |a: &std::collections::HashMap<String, u64>,
                  b: &std::collections::HashMap<String, u64>,
                  keys: &[&str]| {
@@ -334,7 +360,6 @@ fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
         );
     }
     assert!(out.contains("done=1"), "{out}");
-    drop((vs, vp, vc));
 }
 
 fn phone_client(ns: &Netns, port: &str, start: u64, stop: u64) -> Child {
@@ -346,4 +371,215 @@ fn phone_client(ns: &Netns, port: &str, start: u64, stop: u64) -> Child {
     .stdin(Stdio::piped())
     .stdout(Stdio::piped());
     cmd.spawn().expect("client")
+}
+
+/// A device that reads everything into a file until the end of its connection to
+/// VIP:`argv[1]`; prints `port <local port>`, then `done <bytes>`.
+const DRAIN: &str = r#"
+import socket, sys
+s = socket.create_connection(("198.18.0.10", int(sys.argv[1])), timeout=60)
+print("port", s.getsockname()[1], flush=True)
+out = open(sys.argv[2], "wb"); n = 0
+try:
+    while (b := s.recv(65536)):
+        out.write(b); n += len(b)
+except ConnectionResetError:
+    pass
+out.close()
+print("done", n, flush=True)
+"#;
+
+fn start_server(b: &Bed, total: u64) -> Child {
+    let srv = b.server.spawn(&[
+        "taskset",
+        "-c",
+        "0",
+        "python3",
+        "-c",
+        SERVER,
+        &total.to_string(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    srv
+}
+
+fn drain(ns: &Netns, port: u64, file: &std::path::Path) -> Child {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args([
+        "netns", "exec", &ns.name, "timeout", "120", "taskset", "-c", "0", "python3", "-c", DRAIN,
+    ])
+    .arg(port.to_string())
+    .arg(file)
+    .stdout(Stdio::piped());
+    cmd.spawn().expect("drain client")
+}
+
+/// Waits until `file` holds at least `n` bytes.
+fn wait_size(file: &std::path::Path, n: u64) {
+    for _ in 0..2000 {
+        if std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{} never reached {n} bytes", file.display());
+}
+
+/// Whether `bytes` are the server's stream from offset `start`.
+fn pattern_from(bytes: &[u8], start: u64) -> Result<(), u64> {
+    for (i, b) in bytes.iter().enumerate() {
+        let at = start + i as u64;
+        if u64::from(*b) != at % 251 {
+            return Err(at);
+        }
+    }
+    Ok(())
+}
+
+/// The resume offsets of the `connected` events, in order.
+fn resume_offsets(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter(|l| l.contains(" connected "))
+        .filter_map(|l| l.split("resume_offset=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn migrate(sock: &std::path::Path, client: &str, vip_port: u64) -> u64 {
+    let reply = control(
+        sock,
+        &format!(r#"{{"migrate": {{"client": "{client}", "vip": "198.18.0.10:{vip_port}"}}}}"#),
+    );
+    reply["ok"]["migration_port"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("migration of {client} refused: {reply}"))
+}
+
+/// Counters that must never move over a connection that migrates.
+const NEVER: [&str; 5] = [
+    "Tcp:OutRsts",
+    "TcpExt:TCPTimeouts",
+    "TcpExt:TCPChallengeACK",
+    "TcpExt:PAWSEstab",
+    "TcpExt:TCPAbortOnData",
+];
+
+fn unchanged(
+    a: &std::collections::HashMap<String, u64>,
+    b: &std::collections::HashMap<String, u64>,
+    keys: &[&str],
+) -> Vec<String> {
+    keys.iter()
+        .filter(|k| a.get(**k) != b.get(**k))
+        .map(|k| format!("{k} {:?} -> {:?}", a.get(*k), b.get(*k)))
+        .collect()
+}
+
+#[test]
+fn migrate_phone_to_pc_and_back_to_the_phone() {
+    let b = bed("f", &[]);
+    let mut proxy = Proxy::start(&b.cfg, &[]);
+    let total: u64 = 24 << 20;
+    let mut srv = start_server(&b, total);
+    let start = counters(&b.server);
+    let files: Vec<_> = ["phone1", "pc", "phone2"]
+        .iter()
+        .map(|n| b.dir.0.join(format!("{n}.bin")))
+        .collect();
+
+    let mut p1 = drain(&b.phone, 80, &files[0]);
+    let p1port = line_from(&mut p1, "port");
+    wait_size(&files[0], 2 << 20);
+    let m1 = migrate(&b.sock, &format!("198.18.0.1:{p1port}"), 80);
+    let mut c1 = drain(&b.pc, m1, &files[1]);
+    let c1port = line_from(&mut c1, "port");
+    proxy.wait_for(" resumed ", Duration::from_secs(20));
+    wait_size(&files[1], 2 << 20);
+    // The flow now talks to the migration port: that is how it is named.
+    let m2 = migrate(&b.sock, &format!("198.18.0.3:{c1port}"), m1);
+    let mut p2 = drain(&b.phone, m2, &files[2]);
+    let _ = line_from(&mut p2, "port");
+    proxy.wait_for(" resumed ", Duration::from_secs(20));
+    assert!(
+        srv.wait().unwrap().success(),
+        "the server's application saw an error"
+    );
+    for mut c in [p1, c1, p2] {
+        let _ = c.wait();
+    }
+    let end = counters(&b.server);
+    let out = proxy.stop();
+
+    let r = resume_offsets(&out);
+    assert_eq!(r.len(), 2, "two migrations:\n{out}");
+    let data: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let cuts = [0, r[0], r[1], total];
+    for (k, d) in data.iter().enumerate() {
+        let want = cuts[k + 1] - cuts[k];
+        assert!(
+            d.len() as u64 >= want,
+            "device {k} has {} bytes, it should hold [{}, {}):\n{out}",
+            d.len(),
+            cuts[k],
+            cuts[k + 1]
+        );
+        if let Err(at) = pattern_from(&d[..usize::try_from(want).unwrap()], cuts[k]) {
+            panic!("device {k}: byte at stream offset {at} is wrong\n{out}");
+        }
+    }
+    assert_eq!(
+        data[2].len() as u64,
+        total - r[1],
+        "the phone got the end again"
+    );
+    let moved = unchanged(&start, &end, &NEVER);
+    assert!(moved.is_empty(), "{moved:?}\n{out}");
+    assert!(out.contains("done=2"), "{out}");
+}
+
+#[test]
+fn a_target_that_never_connects_returns_the_flow_to_the_phone() {
+    let b = bed(
+        "n",
+        &[(
+            "migration_deadline_ms = 10000",
+            "migration_deadline_ms = 1000",
+        )],
+    );
+    let mut proxy = Proxy::start(&b.cfg, &[]);
+    let total: u64 = 12 << 20;
+    let mut srv = start_server(&b, total);
+    let start = counters(&b.server);
+    let file = b.dir.0.join("phone.bin");
+    let mut p = drain(&b.phone, 80, &file);
+    let port = line_from(&mut p, "port");
+    wait_size(&file, 2 << 20);
+    let before = counters(&b.server);
+    let _ = migrate(&b.sock, &format!("198.18.0.1:{port}"), 80);
+    // Nobody connects: after the deadline the flow goes back to the phone.
+    proxy.wait_for(" cancelled ", Duration::from_secs(10));
+    let frozen = counters(&b.server);
+    assert!(
+        srv.wait().unwrap().success(),
+        "the server's application saw an error"
+    );
+    let _ = p.wait();
+    let end = counters(&b.server);
+    let out = proxy.stop();
+    assert!(out.contains("reason=deadline back_to_device=0"), "{out}");
+    let got = std::fs::read(&file).unwrap();
+    assert_eq!(
+        got.len() as u64,
+        total,
+        "the phone got the whole stream:\n{out}"
+    );
+    if let Err(at) = pattern_from(&got, 0) {
+        panic!("byte at {at} is wrong\n{out}");
+    }
+    // Frozen for the whole deadline (a second, several RTOs): the server noticed nothing.
+    let during = unchanged(&before, &frozen, &WATCHED);
+    assert!(during.is_empty(), "{during:?}\n{out}");
+    let moved = unchanged(&start, &end, &NEVER);
+    assert!(moved.is_empty(), "{moved:?}\n{out}");
+    assert!(out.contains("cancelled=1"), "{out}");
 }
