@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -122,15 +122,22 @@ impl Drop for HostVeth {
     }
 }
 
+/// The next line of the child's output that starts with `prefix` (read a byte at a time: no
+/// buffer may swallow the lines after it).
 fn line_from(child: &mut Child, prefix: &str) -> String {
     let out = child.stdout.as_mut().expect("piped stdout");
-    let mut r = BufReader::new(out);
-    let mut l = String::new();
     loop {
-        l.clear();
-        if r.read_line(&mut l).unwrap_or(0) == 0 {
-            panic!("no `{prefix}` line from the application");
+        let mut l = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match out.read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) => l.push(byte[0]),
+                _ if l.is_empty() => panic!("no `{prefix}` line from the application"),
+                _ => break,
+            }
         }
+        let l = String::from_utf8_lossy(&l).into_owned();
         if let Some(rest) = l.trim().strip_prefix(prefix) {
             return rest.trim().to_owned();
         }
@@ -379,11 +386,11 @@ const DRAIN: &str = r#"
 import socket, sys
 s = socket.create_connection(("198.18.0.10", int(sys.argv[1])), timeout=60)
 print("port", s.getsockname()[1], flush=True)
-out = open(sys.argv[2], "wb"); n = 0
+out = open(sys.argv[2], "wb", buffering=0); n = 0
 try:
     while (b := s.recv(65536)):
         out.write(b); n += len(b)
-except ConnectionResetError:
+except (ConnectionResetError, TimeoutError):
     pass
 out.close()
 print("done", n, flush=True)
@@ -582,4 +589,202 @@ fn a_target_that_never_connects_returns_the_flow_to_the_phone() {
     let moved = unchanged(&start, &end, &NEVER);
     assert!(moved.is_empty(), "{moved:?}\n{out}");
     assert!(out.contains("cancelled=1"), "{out}");
+}
+
+#[test]
+fn the_old_device_cut_off_right_after_the_request() {
+    let b = bed("o", &[]);
+    let mut proxy = Proxy::start(&b.cfg, &[]);
+    let total: u64 = 16 << 20;
+    let mut srv = start_server(&b, total);
+    let start = counters(&b.server);
+    let (pf, cf) = (b.dir.0.join("phone.bin"), b.dir.0.join("pc.bin"));
+    let mut p = drain(&b.phone, 80, &pf);
+    let port = line_from(&mut p, "port");
+    wait_size(&pf, 3 << 20);
+    let m = migrate(&b.sock, &format!("198.18.0.1:{port}"), 80);
+    // The phone loses its link at once: whatever was in flight to it never arrives, and it
+    // never acknowledges anything again.
+    must("ip", &["link", "set", &b._links.1.host, "down"]);
+    let mut c = drain(&b.pc, m, &cf);
+    let _ = line_from(&mut c, "port");
+    proxy.wait_for(" resumed ", Duration::from_secs(20));
+    assert!(
+        srv.wait().unwrap().success(),
+        "the server's application saw an error"
+    );
+    let _ = c.wait();
+    let _ = p.kill();
+    let end = counters(&b.server);
+    let out = proxy.stop();
+    let r = resume_offsets(&out);
+    assert_eq!(r.len(), 1, "{out}");
+    let (phone, pc) = (std::fs::read(&pf).unwrap(), std::fs::read(&cf).unwrap());
+    assert!(
+        phone.len() as u64 >= r[0],
+        "the phone acknowledged what it had:\n{out}"
+    );
+    if let Err(at) = pattern_from(&phone[..usize::try_from(r[0]).unwrap()], 0) {
+        panic!("phone byte at {at}\n{out}");
+    }
+    assert_eq!(pc.len() as u64, total - r[0], "the PC got the rest:\n{out}");
+    if let Err(at) = pattern_from(&pc, r[0]) {
+        panic!("PC byte at {at}\n{out}");
+    }
+    let moved = unchanged(&start, &end, &NEVER);
+    assert!(moved.is_empty(), "{moved:?}\n{out}");
+}
+
+/// `argv[1]` connections, each streaming `argv[2]` bytes of the pattern (paced), one thread each.
+const SERVER_MANY: &str = r#"
+import socket, sys, threading, time
+n, total = int(sys.argv[1]), int(sys.argv[2])
+pat = bytes(i % 251 for i in range(251 * 1024))
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("198.19.0.2", 8080)); s.listen(n)
+errors = []
+def serve(c):
+    try:
+        sent = 0
+        while sent < total:
+            k = min(16384, total - sent); off = sent % 251
+            c.sendall(pat[off:off + k]); sent += k; time.sleep(0.01)
+        c.close()
+    except Exception as e:
+        errors.append(repr(e))
+ts = []
+for _ in range(n):
+    c, _ = s.accept(); t = threading.Thread(target=serve, args=(c,)); t.start(); ts.append(t)
+for t in ts: t.join()
+print("errors", len(errors), errors[:3], flush=True)
+sys.exit(1 if errors else 0)
+"#;
+
+/// Opens one connection to VIP:port for each port in `argv[2..]` (threads), each writing what
+/// it receives to `<argv[1]>/<i>.bin`; prints `port <i> <local port>` for each, then `done`.
+const DRAIN_MANY: &str = r#"
+import socket, sys, threading
+d, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+socks = [socket.create_connection(("198.18.0.10", p), timeout=60) for p in ports]
+for i, s in enumerate(socks):
+    print("port", i, s.getsockname()[1], flush=True)
+def run(i, s):
+    out = open("%s/%d.bin" % (d, i), "wb", buffering=0)
+    try:
+        while (b := s.recv(65536)): out.write(b)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    out.close()
+ts = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate(socks)]
+for t in ts: t.start()
+for t in ts: t.join()
+print("done", flush=True)
+"#;
+
+fn drain_many(ns: &Netns, dir: &std::path::Path, ports: &[u64]) -> Child {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args([
+        "netns", "exec", &ns.name, "timeout", "120", "taskset", "-c", "0", "python3", "-c",
+        DRAIN_MANY,
+    ])
+    .arg(dir)
+    .args(ports.iter().map(u64::to_string))
+    .stdout(Stdio::piped());
+    cmd.spawn().expect("drain clients")
+}
+
+#[test]
+fn fifty_connections_migrate_at_once() {
+    const N: usize = 50;
+    let b = bed("x", &[]);
+    let mut proxy = Proxy::start(&b.cfg, &[]);
+    let total: u64 = 2 << 20;
+    let mut srv = b.server.spawn(&[
+        "taskset",
+        "-c",
+        "0",
+        "python3",
+        "-c",
+        SERVER_MANY,
+        &N.to_string(),
+        &total.to_string(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = counters(&b.server);
+    let (pdir, cdir) = (b.dir.0.join("phone"), b.dir.0.join("pc"));
+    let mut ph = drain_many(&b.phone, &pdir, &[80; N]);
+    let mut ports = Vec::new();
+    for _ in 0..N {
+        ports.push(
+            line_from(&mut ph, "port")
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for i in 0..N {
+        wait_size(&pdir.join(format!("{i}.bin")), 256 << 10);
+    }
+    // Every connection at once: the requests, then the PC's connections.
+    let mports: Vec<u64> = ports
+        .iter()
+        .map(|p| migrate(&b.sock, &format!("198.18.0.1:{p}"), 80))
+        .collect();
+    let mut pc = drain_many(&b.pc, &cdir, &mports);
+    for _ in 0..N {
+        let _ = line_from(&mut pc, "port");
+    }
+    for _ in 0..N {
+        proxy.wait_for(" resumed ", Duration::from_secs(30));
+    }
+    assert!(
+        srv.wait().unwrap().success(),
+        "a server connection saw an error"
+    );
+    let _ = line_from(&mut pc, "done");
+    let _ = ph.wait();
+    let end = counters(&b.server);
+    let out = proxy.stop();
+    // The i-th request went with the i-th phone connection; the proxy's events say each flow's
+    // resume offset (`flow=<slot>` order is the request order: one request per flow).
+    let mut resumes = std::collections::HashMap::new();
+    for l in out.lines().filter(|l| l.contains(" connected ")) {
+        let flow = l
+            .split("flow=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next());
+        let r = l
+            .split("resume_offset=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next());
+        if let (Some(f), Some(r)) = (flow, r) {
+            resumes.insert(f.to_owned(), r.parse::<u64>().unwrap());
+        }
+    }
+    assert_eq!(resumes.len(), N, "{out}");
+    let mut checked = 0;
+    for i in 0..N {
+        let phone = std::fs::read(pdir.join(format!("{i}.bin"))).unwrap();
+        let pc = std::fs::read(cdir.join(format!("{i}.bin"))).unwrap();
+        // Find this connection's resume point: the one that stitches its two halves.
+        let r = total - pc.len() as u64;
+        assert!(
+            resumes.values().any(|&v| v == r),
+            "connection {i}: the PC got {} bytes, no flow resumed at {r}",
+            pc.len()
+        );
+        assert!(
+            phone.len() as u64 >= r,
+            "connection {i}: the phone lacks bytes before {r}"
+        );
+        pattern_from(&phone[..usize::try_from(r).unwrap()], 0).unwrap();
+        pattern_from(&pc, r).unwrap();
+        checked += 1;
+    }
+    assert_eq!(checked, N);
+    assert!(out.contains(&format!("done={N}")), "{out}");
+    let moved = unchanged(&start, &end, &NEVER);
+    assert!(moved.is_empty(), "{moved:?}\n{out}");
 }
