@@ -788,3 +788,112 @@ fn fifty_connections_migrate_at_once() {
     let moved = unchanged(&start, &end, &NEVER);
     assert!(moved.is_empty(), "{moved:?}\n{out}");
 }
+
+/// A line-based chat server: answers each line `<n> ...` with `echo <n>`, records every line
+/// it received in order to `argv[1]`, and exits when the client closes.
+const CHAT_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("198.19.0.2", 8080)); s.listen(1); c, _ = s.accept()
+f = c.makefile("rwb", buffering=0); log = open(sys.argv[1], "w")
+for line in f:
+    log.write(line.decode()); log.flush()
+    f.write(b"echo " + line.split()[0] + b"\n")
+print("closed", flush=True)
+"#;
+
+/// A chat client on VIP:`argv[1]`: sends lines `argv[2]..argv[3]` (one every 5 ms), each
+/// waiting for its echo; prints `port`, then `said <n>`; with `argv[4] == "stay"`, keeps the
+/// connection open until it ends, else closes it.
+const CHAT_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection(("198.18.0.10", int(sys.argv[1])), timeout=30)
+print("port", s.getsockname()[1], flush=True)
+f = s.makefile("rwb", buffering=0)
+for n in range(int(sys.argv[2]), int(sys.argv[3])):
+    f.write(b"%d hello from line %d\n" % (n, n))
+    echo = f.readline()
+    if echo != b"echo %d\n" % n:
+        print("bad echo", echo, flush=True); sys.exit(1)
+    time.sleep(0.005)
+print("said", int(sys.argv[3]) - int(sys.argv[2]), flush=True)
+if sys.argv[4] == "stay":
+    try:
+        while s.recv(4096): pass
+    except (ConnectionResetError, TimeoutError):
+        pass
+s.close()
+"#;
+
+fn chat(ns: &Netns, port: u64, from: u32, to: u32, stay: bool) -> Child {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns.name,
+        "timeout",
+        "60",
+        "taskset",
+        "-c",
+        "0",
+        "python3",
+        "-c",
+        CHAT_CLIENT,
+    ])
+    .args([
+        port.to_string(),
+        from.to_string(),
+        to.to_string(),
+        if stay { "stay" } else { "go" }.to_owned(),
+    ])
+    .stdout(Stdio::piped());
+    cmd.spawn().expect("chat client")
+}
+
+#[test]
+fn a_chat_session_moves_and_keeps_talking_both_ways() {
+    let b = bed("t", &[]);
+    let proxy = Proxy::start(&b.cfg, &[]);
+    let log = b.dir.0.join("chat.log");
+    let mut srv = b.server.spawn(&[
+        "taskset",
+        "-c",
+        "0",
+        "python3",
+        "-c",
+        CHAT_SERVER,
+        log.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = counters(&b.server);
+    let mut phone = chat(&b.phone, 80, 0, 50, true);
+    let port = line_from(&mut phone, "port");
+    assert_eq!(line_from(&mut phone, "said"), "50", "the phone chatted");
+    let m = migrate(&b.sock, &format!("198.18.0.1:{port}"), 80);
+    let mut pc = chat(&b.pc, m, 50, 100, false);
+    let _ = line_from(&mut pc, "port");
+    assert_eq!(line_from(&mut pc, "said"), "50", "the PC chatted on");
+    assert!(
+        pc.wait().unwrap().success(),
+        "every echo came back to the PC"
+    );
+    assert!(srv.wait().unwrap().success());
+    let _ = phone.wait();
+    let end = counters(&b.server);
+    let out = proxy.stop();
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = (0..100)
+        .map(|n| format!("{n} hello from line {n}"))
+        .collect();
+    assert_eq!(
+        lines, want,
+        "the server heard every line once, in order:\n{out}"
+    );
+    let moved = unchanged(&start, &end, &NEVER);
+    assert!(moved.is_empty(), "{moved:?}\n{out}");
+    assert!(out.contains("done=1"), "{out}");
+}
