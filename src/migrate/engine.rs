@@ -1855,6 +1855,9 @@ impl<B: SharedBuf> Engine<B> {
                 back_to: self.dev.gen,
                 at: now,
             });
+            // The old device holds the flow again: its bytes no longer end where the target's
+            // would have begun.
+            self.dev.accept_end = None;
             let (end, fin) = data_end(&freeze);
             let d = self.dev;
             // Replay what the old device has not acknowledged (or, if the cache starts later
@@ -2431,5 +2434,48 @@ mod tests {
             assert!(off(a.ack) <= 8000, "{a:?}");
         }
         assert!(t.b.used <= t.b.limit);
+    }
+
+    #[test]
+    fn after_a_cancel_the_old_device_is_whole_again() {
+        let mut t = T::established(EngineConfig::default(), 1 << 20);
+        for i in 0..3 {
+            t.server_data(i * 1000, 1000);
+        }
+        t.device_ack(3000);
+        let now = t.now;
+        assert_eq!(t.e.migrate(now, None, &mut t.b), Ok(1));
+        // The target connects, then resets: the flow goes back to the phone.
+        let syn = TcpFields {
+            seq: SeqNumber(90_000),
+            flags: TcpFlags::SYN,
+            window: 65_535,
+            mss: Some(1460),
+            ..TcpFields::default()
+        };
+        t.feed(Leg::Device(1), frame(syn, 0));
+        let rst = TcpFields {
+            seq: SeqNumber(90_001),
+            flags: TcpFlags::RST,
+            ..TcpFields::default()
+        };
+        t.feed(Leg::Device(1), frame(rst, 0));
+        t.device_ack(3000);
+        assert_eq!(t.e.phase(), Phase::Forwarding, "back on the phone");
+        // A second migration: the phone's client data is still accepted and delivered.
+        let now = t.now;
+        assert_eq!(t.e.migrate(now, None, &mut t.b), Ok(2));
+        let data = TcpFields {
+            seq: SeqNumber(C_ISN + 1),
+            ack: SeqNumber(S_ISN) + 1 + 3000,
+            flags: TcpFlags::ACK,
+            window: 8_192,
+            ts: Some((300, TS_S)),
+            ..TcpFields::default()
+        };
+        assert!(
+            t.feed(Leg::Device(0), frame(data, 100)),
+            "the phone's data goes to the server"
+        );
     }
 }
