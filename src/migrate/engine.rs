@@ -73,7 +73,7 @@ use super::freeze::{AckToServer, Disposition, Freeze, ServerSegment};
 use super::sender::{ReplaySender, SenderConfig};
 use super::splice::Splice;
 use crate::wire::build::TcpFields;
-use crate::wire::{classify, Frame, SeqNumber, TcpFlags, TcpSegmentMut};
+use crate::wire::{classify, Frame, SeqNumber, TcpFlags, TcpMeta, TcpSegmentMut};
 
 /// A buffer the engine can keep a second handle of while the first is forwarded: an mbuf with
 /// its reference count raised in the appliance, a copy in tests. Forwarding rewrites headers in
@@ -566,6 +566,8 @@ struct Seg {
     mss: Option<u16>,
     ws: Option<u8>,
     sack_perm: bool,
+    /// The checked offsets of the frame (rewriting in place does not move them).
+    meta: TcpMeta,
 }
 
 impl Seg {
@@ -594,16 +596,15 @@ fn parse(f: &mut [u8]) -> Option<Seg> {
         mss: v.mss(),
         ws: v.wscale(),
         sack_perm: v.options().sack_perm.is_some(),
+        meta: m,
     })
 }
 
-/// Applies `f` to the frame's TCP view (the frame was parsed by [`parse`] already).
-fn rewrite<B: SharedBuf>(buf: &mut B, f: impl FnOnce(&mut TcpSegmentMut<'_>)) {
-    let b = buf.as_mut();
-    if let Ok(Frame::Tcp(m)) = classify(b) {
-        if let Some(mut v) = TcpSegmentMut::new(b, &m) {
-            f(&mut v);
-        }
+/// Applies `f` to the TCP view of the frame `seg` was parsed from (no second classification:
+/// the offsets [`parse`] checked still hold).
+fn rewrite<B: SharedBuf>(buf: &mut B, seg: &Seg, f: impl FnOnce(&mut TcpSegmentMut<'_>)) {
+    if let Some(mut v) = TcpSegmentMut::new(buf.as_mut(), &seg.meta) {
+        f(&mut v);
     }
 }
 
@@ -791,10 +792,7 @@ impl<B: SharedBuf> Engine<B> {
     }
 
     fn ack_to_server(&mut self, a: AckToServer) {
-        let ts = self
-            .srv
-            .ts
-            .then(|| (self.srv.c_tsval, a.tsecr.unwrap_or(0)));
+        let ts = self.server_ts(a.tsecr);
         self.push(Emit {
             to: Leg::Server,
             fields: TcpFields {
@@ -816,11 +814,15 @@ impl<B: SharedBuf> Engine<B> {
         u16::try_from((self.srv.wnd >> leg.our_ws).min(0xffff)).unwrap_or(u16::MAX)
     }
 
-    /// The ACK field toward a device: client bytes the server acknowledged or the proxy holds.
+    /// The ACK field toward a device.
     fn device_ack_field(&self, leg: &DeviceLeg, c2s: &SegmentCache<B>) -> SeqNumber {
-        let held = c2s.contiguous_end(self.srv.c_una).max_seq(self.srv.c_una);
-        let ack = (held - leg.sp.c2s).max_seq(leg.isn + 1);
-        leg.accept_end.map_or(ack, |e| ack.min_seq(e))
+        device_ack(self.srv.c_una, leg, c2s)
+    }
+
+    /// The timestamps option toward the server: the client side's latest TSval (the server's
+    /// PAWS check sees it never decrease) and `tsecr`; `None` when the server's leg has none.
+    fn server_ts(&self, tsecr: Option<u32>) -> Option<(u32, u32)> {
+        self.srv.ts.then(|| (self.srv.c_tsval, tsecr.unwrap_or(0)))
     }
 
     fn device_ts(&self, leg: &DeviceLeg) -> Option<(u32, u32)> {
@@ -1117,7 +1119,7 @@ impl<B: SharedBuf> Engine<B> {
         let lift = pure_ack(seg)
             .then_some(leg.ack)
             .filter(|a| a.diff(seg.seq) > 0);
-        rewrite(buf, |v| {
+        rewrite(buf, seg, |v| {
             leg.sp
                 .server_to_device(v, seg.seq, seg.ack.unwrap_or(SeqNumber(0)));
             if let Some(a) = lift {
@@ -1177,7 +1179,7 @@ impl<B: SharedBuf> Engine<B> {
         let lift = pure_ack(&seg)
             .then_some(self.srv.c_una)
             .filter(|u| u.diff(cseq) > 0);
-        rewrite(&mut buf, |v| {
+        rewrite(&mut buf, &seg, |v| {
             if seg.ack.is_some() {
                 sp.device_to_server(v, seg.seq, ack, seg.window);
             } else {
@@ -1424,7 +1426,7 @@ impl<B: SharedBuf> Engine<B> {
         let mut sp = leg.sp;
         let strip_sack = !self.srv.sack;
         let mut tsval = None;
-        rewrite(&mut buf, |v| {
+        rewrite(&mut buf, seg, |v| {
             sp.device_to_server(v, seg.seq, seg.ack.unwrap_or(rcv_nxt), seg.window);
             v.set_ack(rcv_nxt);
             v.set_window(0);
@@ -1698,10 +1700,7 @@ impl<B: SharedBuf> Engine<B> {
             ack,
             flags: TcpFlags::ACK,
             window,
-            ts: self
-                .srv
-                .ts
-                .then(|| (self.srv.c_tsval, self.srv.ts_recent.unwrap_or(0))),
+            ts: self.server_ts(self.srv.ts_recent),
             ..TcpFields::default()
         };
         self.push(Emit {
@@ -1894,10 +1893,7 @@ impl<B: SharedBuf> Engine<B> {
         self.stats.reset += 1;
         self.events.push_back(Event::Reset { reason, at: now });
         if reason != Failure::ServerReset {
-            let ts = self
-                .srv
-                .ts
-                .then(|| (self.srv.c_tsval, self.srv.ts_recent.unwrap_or(0)));
+            let ts = self.server_ts(self.srv.ts_recent);
             self.push(Emit {
                 to: Leg::Server,
                 fields: TcpFields {
@@ -2064,10 +2060,7 @@ impl<B: SharedBuf> Engine<B> {
                     .sum();
                 if len > 0 {
                     self.stats.c2s_retransmits += u64::from(len);
-                    let ts = self
-                        .srv
-                        .ts
-                        .then(|| (self.srv.c_tsval, self.srv.ts_recent.unwrap_or(0)));
+                    let ts = self.server_ts(self.srv.ts_recent);
                     self.push(Emit {
                         to: Leg::Server,
                         fields: TcpFields {
@@ -2138,14 +2131,7 @@ impl<B: SharedBuf> Engine<B> {
         }
         let t = r.sender.poll_transmit(now)?;
         let leg = r.leg.unwrap_or(self.dev);
-        let ack = {
-            let held = r
-                .caches
-                .c2s
-                .contiguous_end(self.srv.c_una)
-                .max_seq(self.srv.c_una);
-            (held - leg.sp.c2s).max_seq(leg.isn + 1)
-        };
+        let ack = device_ack(self.srv.c_una, &leg, &r.caches.c2s);
         let mut flags = TcpFlags::ACK;
         if t.len > 0 {
             flags |= TcpFlags::PSH;
@@ -2184,6 +2170,19 @@ impl<B: SharedBuf> Engine<B> {
             .flat_map(move |c| c.runs_from(seq, len))
             .map(|(_, b)| b)
     }
+}
+
+/// The ACK field toward a device: client bytes the server acknowledged (`c_una`) or the proxy
+/// holds, in the device's numbers, never below its first byte and never beyond where its own
+/// bytes end (`accept_end`).
+fn device_ack<B: AsRef<[u8]>>(
+    c_una: SeqNumber,
+    leg: &DeviceLeg,
+    c2s: &SegmentCache<B>,
+) -> SeqNumber {
+    let held = c2s.contiguous_end(c_una).max_seq(c_una);
+    let ack = (held - leg.sp.c2s).max_seq(leg.isn + 1);
+    leg.accept_end.map_or(ack, |e| ack.min_seq(e))
 }
 
 /// A segment that occupies no sequence space (no data, SYN, FIN or RST). After a timeout some
