@@ -26,6 +26,18 @@ pub struct Key {
     pub dport: u16,
 }
 
+impl Key {
+    /// The key of `client` talking to service address `vip` (the client -> VIP direction).
+    pub fn client(client: (u32, u16), vip: (u32, u16)) -> Key {
+        Key {
+            src: client.0,
+            dst: vip.0,
+            sport: client.1,
+            dport: vip.1,
+        }
+    }
+}
+
 /// Connection tracking state (the proxy's view of both sub-connections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -354,12 +366,7 @@ impl FlowTable {
 
 /// The key of the client -> VIP direction.
 pub fn client_key(f: &Flow) -> Key {
-    Key {
-        src: f.client.0,
-        dst: f.vip.0,
-        sport: f.client.1,
-        dport: f.vip.1,
-    }
+    Key::client(f.client, f.vip)
 }
 
 /// The key of the backend -> SNAT direction.

@@ -265,6 +265,28 @@ struct DeviceAddr {
     vport: u16,
 }
 
+impl DeviceAddr {
+    /// The device that currently holds `fl` (the flow's own client-side fields).
+    fn current(fl: &Flow) -> DeviceAddr {
+        DeviceAddr {
+            ip: fl.client.0,
+            port: fl.client.1,
+            mac: fl.client_mac,
+            vport: fl.vip.1,
+        }
+    }
+
+    /// Its client-side key toward service address `vip`.
+    fn key(&self, vip: u32) -> Key {
+        Key {
+            src: self.ip,
+            dst: vip,
+            sport: self.port,
+            dport: self.vport,
+        }
+    }
+}
+
 /// An ARP request unanswered for this long is forgotten, so its slot can serve another address.
 const ARP_GIVE_UP_MS: u64 = 3_000;
 /// How often the neighbour and pending-ARP tables are swept.
@@ -276,6 +298,15 @@ struct Exception {
     port: usize,
     mac: [u8; 6],
     kernel_mac: [u8; 6],
+}
+
+/// The worker a client tuple hashes to (the same keyed hash in every worker and the slow path).
+fn owner_by_hash(hasher: &RandomState, workers: usize, k: &Key) -> usize {
+    if workers <= 1 {
+        0
+    } else {
+        (hasher.hash_one(k) % workers as u64) as usize
+    }
 }
 
 fn ip_u32(a: [u8; 4]) -> u32 {
@@ -546,11 +577,7 @@ impl ProxyCore {
 
     /// The worker that owns the flow of a client tuple.
     pub fn owner_of_client(&self, k: &Key) -> usize {
-        if self.workers == 1 {
-            0
-        } else {
-            (self.flows.hasher().hash_one(k) % self.workers as u64) as usize
-        }
+        owner_by_hash(self.flows.hasher(), self.workers, k)
     }
 
     fn client_segment(&mut self, f: &mut [u8], m: &TcpMeta) -> Verdict {
@@ -914,12 +941,7 @@ impl ProxyCore {
         };
         let d = match self.devices.get(&(slot, gen)) {
             Some(d) => *d,
-            None if gen == self.current_device(slot) => DeviceAddr {
-                ip: fl.client.0,
-                port: fl.client.1,
-                mac: fl.client_mac,
-                vport: fl.vip.1,
-            },
+            None if gen == self.current_device(slot) => DeviceAddr::current(&fl),
             None => return None,
         };
         Some((
@@ -937,12 +959,7 @@ impl ProxyCore {
 
     /// The flow of client `client` talking to service address `vip`, if this worker has it.
     pub fn lookup_client(&self, client: (u32, u16), vip: (u32, u16)) -> Option<u32> {
-        self.flows.lookup(&Key {
-            src: client.0,
-            dst: vip.0,
-            sport: client.1,
-            dport: vip.1,
-        })
+        self.flows.lookup(&Key::client(client, vip))
     }
 
     /// The worker that owns the flow of `client` to `vip` (the same hash every worker uses).
@@ -952,13 +969,7 @@ impl ProxyCore {
         client: (u32, u16),
         vip: (u32, u16),
     ) -> usize {
-        let k = Key {
-            src: client.0,
-            dst: vip.0,
-            sport: client.1,
-            dport: vip.1,
-        };
-        (hasher.hash_one(k) % workers.max(1) as u64) as usize
+        owner_by_hash(hasher, workers, &Key::client(client, vip))
     }
 
     /// Reserves a migration port for device generation `gen` of flow `slot`: the target
@@ -992,18 +1003,7 @@ impl ProxyCore {
             return false;
         }
         let fl = *self.flows.get(slot);
-        let old = DeviceAddr {
-            ip: fl.client.0,
-            port: fl.client.1,
-            mac: fl.client_mac,
-            vport: fl.vip.1,
-        };
-        let new_key = Key {
-            src: d.ip,
-            dst: fl.vip.0,
-            sport: d.port,
-            dport: d.vport,
-        };
+        let old = DeviceAddr::current(&fl);
         if !self
             .flows
             .rekey_client(slot, (d.ip, d.port), (fl.vip.0, d.vport))
@@ -1011,16 +1011,8 @@ impl ProxyCore {
             return false;
         }
         self.flows.get_mut(slot).client_mac = d.mac;
-        self.legs.remove(&new_key);
-        self.legs.insert(
-            Key {
-                src: old.ip,
-                dst: fl.vip.0,
-                sport: old.port,
-                dport: old.vport,
-            },
-            (slot, from),
-        );
+        self.legs.remove(&d.key(fl.vip.0));
+        self.legs.insert(old.key(fl.vip.0), (slot, from));
         self.devices.insert((slot, from), old);
         self.devices.remove(&(slot, to));
         self.current.insert(slot, to);
