@@ -410,8 +410,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         );
         println!(
             "worker {i} migration engines: active={} rolling cache bytes={} mbufs={} (peak {}) overflow={} segments originated={} migrations started={} done={} cancelled={} reset={}",
-            p.engines_active, p.cache_bytes, p.cache_bufs, p.cache_bufs_peak, p.cache_overflow, p.engine_emitted,
-            p.migrations_started, p.migrations_done, p.migrations_cancelled, p.migrations_reset
+            p.migration.engines_active, p.migration.cache_bytes, p.migration.cache_bufs, p.migration.cache_bufs_peak, p.migration.cache_overflow, p.migration.engine_emitted,
+            p.migration.migrations_started, p.migration.migrations_done, p.migration.migrations_cancelled, p.migration.migrations_reset
         );
     }
     if let Some(path) = &opts.stats_json {

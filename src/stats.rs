@@ -117,16 +117,7 @@ pub struct ProxyCounters {
     mempool_exhausted: AtomicU64,
     to_kernel: AtomicU64,
     from_kernel: AtomicU64,
-    engines_active: AtomicU64,
-    cache_bytes: AtomicU64,
-    cache_bufs: AtomicU64,
-    cache_bufs_peak: AtomicU64,
-    cache_overflow: AtomicU64,
-    engine_emitted: AtomicU64,
-    migrations_started: AtomicU64,
-    migrations_done: AtomicU64,
-    migrations_cancelled: AtomicU64,
-    migrations_reset: AtomicU64,
+    migration: [AtomicU64; MigrationCounters::N],
 }
 
 impl Default for ProxyCounters {
@@ -148,16 +139,7 @@ impl Default for ProxyCounters {
             mempool_exhausted: AtomicU64::new(0),
             to_kernel: AtomicU64::new(0),
             from_kernel: AtomicU64::new(0),
-            engines_active: AtomicU64::new(0),
-            cache_bytes: AtomicU64::new(0),
-            cache_bufs: AtomicU64::new(0),
-            cache_bufs_peak: AtomicU64::new(0),
-            cache_overflow: AtomicU64::new(0),
-            engine_emitted: AtomicU64::new(0),
-            migrations_started: AtomicU64::new(0),
-            migrations_done: AtomicU64::new(0),
-            migrations_cancelled: AtomicU64::new(0),
-            migrations_reset: AtomicU64::new(0),
+            migration: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -197,26 +179,9 @@ pub struct ProxySnapshot {
     pub to_kernel: u64,
     /// Frames the kernel sent out (exception path).
     pub from_kernel: u64,
-    /// Flows with a migration engine.
-    pub engines_active: u64,
-    /// Payload bytes the segment caches hold (rolling and pause caches).
-    pub cache_bytes: u64,
-    /// Buffers (mbufs) the segment caches hold.
-    pub cache_bufs: u64,
-    /// The most buffers the caches held at once (sampled between bursts).
-    pub cache_bufs_peak: u64,
-    /// Segments a rolling cache could not hold (worker or flow limit).
-    pub cache_overflow: u64,
-    /// Segments the engines originated (ACKs, replay, handshakes).
-    pub engine_emitted: u64,
-    /// Migrations started (the server frozen).
-    pub migrations_started: u64,
-    /// Migrations completed (a new device holds the flow).
-    pub migrations_done: u64,
-    /// Migrations cancelled (the flow went back to the old device).
-    pub migrations_cancelled: u64,
-    /// Migrations that ended in a reset of both ends.
-    pub migrations_reset: u64,
+    /// The migration engines.
+    #[serde(flatten)]
+    pub migration: MigrationCounters,
 }
 
 /// Values a proxy worker publishes, besides the core's own statistics.
@@ -234,26 +199,8 @@ pub struct ProxyExtra {
     pub snat_ports_free: u64,
     /// Mbuf allocation failures.
     pub mempool_exhausted: u64,
-    /// Flows with a migration engine.
-    pub engines_active: u64,
-    /// Payload bytes the segment caches hold.
-    pub cache_bytes: u64,
-    /// Buffers the segment caches hold.
-    pub cache_bufs: u64,
-    /// The most buffers held at once.
-    pub cache_bufs_peak: u64,
-    /// Segments a rolling cache could not hold.
-    pub cache_overflow: u64,
-    /// Segments the engines originated.
-    pub engine_emitted: u64,
-    /// Migrations started.
-    pub migrations_started: u64,
-    /// Migrations completed.
-    pub migrations_done: u64,
-    /// Migrations cancelled.
-    pub migrations_cancelled: u64,
-    /// Migrations reset.
-    pub migrations_reset: u64,
+    /// The migration engines.
+    pub migration: MigrationCounters,
 }
 
 impl ProxyCounters {
@@ -277,17 +224,9 @@ impl ProxyCounters {
         self.handoff_ring_full.store(x.handoff_ring_full, Relaxed);
         self.snat_ports_free.store(x.snat_ports_free, Relaxed);
         self.mempool_exhausted.store(x.mempool_exhausted, Relaxed);
-        self.engines_active.store(x.engines_active, Relaxed);
-        self.cache_bytes.store(x.cache_bytes, Relaxed);
-        self.cache_bufs.store(x.cache_bufs, Relaxed);
-        self.cache_bufs_peak.store(x.cache_bufs_peak, Relaxed);
-        self.cache_overflow.store(x.cache_overflow, Relaxed);
-        self.engine_emitted.store(x.engine_emitted, Relaxed);
-        self.migrations_started.store(x.migrations_started, Relaxed);
-        self.migrations_done.store(x.migrations_done, Relaxed);
-        self.migrations_cancelled
-            .store(x.migrations_cancelled, Relaxed);
-        self.migrations_reset.store(x.migrations_reset, Relaxed);
+        for (a, v) in self.migration.iter().zip(x.migration.to_array()) {
+            a.store(v, Relaxed);
+        }
     }
 
     /// A snapshot.
@@ -315,16 +254,97 @@ impl ProxyCounters {
             mempool_exhausted: self.mempool_exhausted.load(Relaxed),
             to_kernel: self.to_kernel.load(Relaxed),
             from_kernel: self.from_kernel.load(Relaxed),
-            engines_active: self.engines_active.load(Relaxed),
-            cache_bytes: self.cache_bytes.load(Relaxed),
-            cache_bufs: self.cache_bufs.load(Relaxed),
-            cache_bufs_peak: self.cache_bufs_peak.load(Relaxed),
-            cache_overflow: self.cache_overflow.load(Relaxed),
-            engine_emitted: self.engine_emitted.load(Relaxed),
-            migrations_started: self.migrations_started.load(Relaxed),
-            migrations_done: self.migrations_done.load(Relaxed),
-            migrations_cancelled: self.migrations_cancelled.load(Relaxed),
-            migrations_reset: self.migrations_reset.load(Relaxed),
+            migration: MigrationCounters::from_array(
+                self.migration.each_ref().map(|a| a.load(Relaxed)),
+            ),
         }
+    }
+}
+
+/// The migration engines' counters of one worker.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MigrationCounters {
+    /// Flows with a migration engine.
+    pub engines_active: u64,
+    /// Payload bytes the segment caches hold (rolling and pause caches).
+    pub cache_bytes: u64,
+    /// Buffers (mbufs) the segment caches hold.
+    pub cache_bufs: u64,
+    /// The most buffers the caches held at once (sampled between bursts).
+    pub cache_bufs_peak: u64,
+    /// Segments a rolling cache could not hold (worker or flow limit).
+    pub cache_overflow: u64,
+    /// Segments the engines originated (ACKs, replay, handshakes).
+    pub engine_emitted: u64,
+    /// Migrations started (the server frozen).
+    pub migrations_started: u64,
+    /// Migrations completed (a new device holds the flow).
+    pub migrations_done: u64,
+    /// Migrations cancelled (the flow went back to the old device).
+    pub migrations_cancelled: u64,
+    /// Migrations that ended in a reset of both ends.
+    pub migrations_reset: u64,
+}
+
+impl MigrationCounters {
+    /// Number of counters.
+    pub const N: usize = 10;
+
+    /// The counters in declaration order (for publication as atomics).
+    pub fn to_array(self) -> [u64; Self::N] {
+        [
+            self.engines_active,
+            self.cache_bytes,
+            self.cache_bufs,
+            self.cache_bufs_peak,
+            self.cache_overflow,
+            self.engine_emitted,
+            self.migrations_started,
+            self.migrations_done,
+            self.migrations_cancelled,
+            self.migrations_reset,
+        ]
+    }
+
+    /// The inverse of [`MigrationCounters::to_array`].
+    pub fn from_array(a: [u64; Self::N]) -> Self {
+        let [engines_active, cache_bytes, cache_bufs, cache_bufs_peak, cache_overflow, engine_emitted, migrations_started, migrations_done, migrations_cancelled, migrations_reset] =
+            a;
+        MigrationCounters {
+            engines_active,
+            cache_bytes,
+            cache_bufs,
+            cache_bufs_peak,
+            cache_overflow,
+            engine_emitted,
+            migrations_started,
+            migrations_done,
+            migrations_cancelled,
+            migrations_reset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod migration_counter_tests {
+    use super::*;
+
+    #[test]
+    fn published_counters_come_back_field_for_field() {
+        let m = MigrationCounters::from_array(std::array::from_fn(|i| i as u64 + 1));
+        assert_eq!(m.engines_active, 1);
+        assert_eq!(m.migrations_reset, 10);
+        let c = ProxyCounters::default();
+        let x = ProxyExtra {
+            migration: m,
+            ..ProxyExtra::default()
+        };
+        c.publish(&crate::proxy::ProxyStats::default(), &x);
+        assert_eq!(c.snapshot().migration, m);
+        let json = serde_json::to_value(c.snapshot()).unwrap();
+        assert_eq!(
+            json["cache_bufs_peak"], 4,
+            "flattened into the worker's object: {json}"
+        );
     }
 }

@@ -178,7 +178,7 @@ impl ProxyWorker<'_> {
         if hit.created {
             if let Some(e) = self.engines.get_mut(slot) {
                 *e = Some(Box::new(Engine::new(self.engine_cfg)));
-                x.engines_active += 1;
+                x.migration.engines_active += 1;
             }
         }
         let Some(Some(e)) = self.engines.get_mut(slot) else {
@@ -198,7 +198,7 @@ impl ProxyWorker<'_> {
             Verdict2::Forward(_, m) => account(s, self.tx[port].push(m)),
             Verdict2::Consumed | Verdict2::Drop(_) => {}
         }
-        x.cache_overflow += e.stats.rolling_overflow - overflow;
+        x.migration.cache_overflow += e.stats.rolling_overflow - overflow;
         self.after_engine(hit.slot, s, x);
     }
 
@@ -213,14 +213,14 @@ impl ProxyWorker<'_> {
         let current = self.core.device_of(slot);
         while let Some(ev) = e.poll_event() {
             match ev {
-                Event::Paused { .. } => x.migrations_started += 1,
+                Event::Paused { .. } => x.migration.migrations_started += 1,
                 Event::Resumed { device, .. }
                     if device != current && self.core.switch_device(slot, current, device) =>
                 {
-                    x.migrations_done += 1;
+                    x.migration.migrations_done += 1;
                 }
-                Event::Cancelled { .. } => x.migrations_cancelled += 1,
-                Event::Reset { .. } => x.migrations_reset += 1,
+                Event::Cancelled { .. } => x.migration.migrations_cancelled += 1,
+                Event::Reset { .. } => x.migration.migrations_reset += 1,
                 _ => {}
             }
             let _ = self.events.push((self.index, slot, ev));
@@ -341,7 +341,7 @@ impl ProxyWorker<'_> {
                 }
             }
             if write_tcp_frame(m.data_mut(), &ep, &t.fields, &parts[..n]).is_ok() {
-                x.engine_emitted += 1;
+                x.migration.engine_emitted += 1;
                 account(s, self.tx[port].push(m));
             }
         }
@@ -352,7 +352,7 @@ impl ProxyWorker<'_> {
         for slot in self.core.take_closed() {
             if let Some(mut e) = self.engines.get_mut(slot as usize).and_then(Option::take) {
                 e.release(&mut self.budget);
-                x.engines_active = x.engines_active.saturating_sub(1);
+                x.migration.engines_active = x.migration.engines_active.saturating_sub(1);
             }
             if self.timer_set.get(slot as usize).copied().unwrap_or(false) {
                 self.timer_set[slot as usize] = false;
@@ -480,8 +480,8 @@ impl ProxyWorker<'_> {
         self.release_closed(x);
         self.run_commands(s, x);
         self.run_timers(s, x);
-        x.cache_bytes = self.budget.used;
-        x.cache_bufs = self.budget.bufs;
-        x.cache_bufs_peak = x.cache_bufs_peak.max(self.budget.bufs);
+        x.migration.cache_bytes = self.budget.used;
+        x.migration.cache_bufs = self.budget.bufs;
+        x.migration.cache_bufs_peak = x.migration.cache_bufs_peak.max(self.budget.bufs);
     }
 }
