@@ -192,7 +192,7 @@ impl ProxyWorker<'_> {
             Leg::Device(hit.device)
         };
         let overflow = e.stats.rolling_overflow;
-        match e.on_segment(self.now_us, from, m, &mut self.budget) {
+        match e.on_classified(self.now_us, from, m, &hit.meta, &mut self.budget) {
             // The NAT already translated the frame toward the leg the engine forwards it to
             // (server segments to the current device, device segments to the server).
             Verdict2::Forward(_, m) => account(s, self.tx[port].push(m)),

@@ -580,10 +580,7 @@ impl Seg {
     }
 }
 
-fn parse(f: &mut [u8]) -> Option<Seg> {
-    let Ok(Frame::Tcp(m)) = classify(f) else {
-        return None;
-    };
+fn parse(f: &mut [u8], m: TcpMeta) -> Option<Seg> {
     let v = TcpSegmentMut::new(f, &m)?;
     Some(Seg {
         seq: m.seq,
@@ -857,14 +854,24 @@ impl<B: SharedBuf> Engine<B> {
     // ------------------------------------------------------------------------------------
 
     /// Handles one frame of this flow from `from` at `now`.
-    pub fn on_segment(
+    pub fn on_segment(&mut self, now: u64, from: Leg, buf: B, budget: &mut Budget) -> Verdict<B> {
+        match classify(buf.as_ref()) {
+            Ok(Frame::Tcp(m)) => self.on_classified(now, from, buf, &m, budget),
+            _ => Verdict::Drop(buf),
+        }
+    }
+
+    /// [`Engine::on_segment`] for a frame the caller classified already (the proxy core did,
+    /// before its NAT rewrite, which moves no offset and changes none of the fields used here).
+    pub fn on_classified(
         &mut self,
         now: u64,
         from: Leg,
         mut buf: B,
+        meta: &TcpMeta,
         budget: &mut Budget,
     ) -> Verdict<B> {
-        let Some(seg) = parse(buf.as_mut()) else {
+        let Some(seg) = parse(buf.as_mut(), *meta) else {
             return Verdict::Drop(buf);
         };
         let state = std::mem::replace(&mut self.state, State::Closed(None));

@@ -252,6 +252,9 @@ pub struct FlowHit {
     pub created: bool,
     /// From the client side: which device (generation) sent it; 0 until the flow migrates.
     pub device: u32,
+    /// The segment's checked offsets and fields (classified before the NAT rewrite, which moves
+    /// no offset and changes neither sequence numbers, flags nor window).
+    pub meta: TcpMeta,
 }
 
 /// Where a device of a migrating flow is (the flow's own fields describe the current one).
@@ -735,6 +738,7 @@ impl ProxyCore {
             from_server: false,
             created,
             device: gen,
+            meta: *m,
         });
         Verdict::Tx(self.server.port)
     }
@@ -784,6 +788,7 @@ impl ProxyCore {
             from_server: true,
             created: false,
             device: 0,
+            meta: *m,
         });
         Verdict::Tx(self.client.port)
     }
