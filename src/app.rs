@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::agents::{AgentCounters, AgentPlane, AgentSettings, AgentSnapshot};
 use crate::config::{Config, Mode, RssMode};
-use crate::control::{CommandRings, ControlServer, EventRing};
+use crate::control::{describe_event, CommandRings, ControlServer, EventRing, Workers};
 use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
 use crate::migrate::cache::Budget;
-use crate::migrate::engine::Event;
 use crate::proxy::ProxyCore;
 use crate::stats::{ProxyCounters, ProxySnapshot};
 use crate::stats::{WorkerCounters, WorkerSnapshot};
@@ -42,6 +42,9 @@ pub struct FinalStats {
     pub proxy: Vec<ProxySnapshot>,
     /// Mempool in use at exit (after ports stopped this should return to 0).
     pub mempool_in_use: u32,
+    /// The agent control plane's counters (when `[control] agents` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<AgentSnapshot>,
     /// TSC frequency, for converting cycles.
     pub tsc_hz: u64,
 }
@@ -217,18 +220,48 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         .map(|_| Arc::new(crossbeam_queue::ArrayQueue::new(64)))
         .collect();
     let events: EventRing = Arc::new(crossbeam_queue::ArrayQueue::new(4096));
+    let workers = Workers::new(
+        commands.clone(),
+        hasher.clone(),
+        (cfg.migration.port_min, cfg.migration.port_max),
+    );
     let control = if cfg.dataplane.mode == Mode::Proxy {
         Some(
-            ControlServer::bind(
-                &cfg.control.cli_socket,
-                commands.clone(),
-                hasher.clone(),
-                (cfg.migration.port_min, cfg.migration.port_max),
-            )
-            .map_err(|e| AppError::Control(e.0))?,
+            ControlServer::bind(&cfg.control.cli_socket, workers.clone())
+                .map_err(|e| AppError::Control(e.0))?,
         )
     } else {
         None
+    };
+    let agent_counters = Arc::new(AgentCounters::default());
+    let mut agents = match (cfg.dataplane.mode, cfg.control.agents, cfg.control.names) {
+        (Mode::Proxy, Some(listen), Some(names)) => {
+            let key =
+                crate::msg::load_or_create_key(&cfg.control.key).map_err(AppError::Control)?;
+            let zone = crate::names::zone(&cfg.control.zone)
+                .map_err(|e| AppError::Control(e.to_string()))?;
+            let plane = AgentPlane::bind(
+                AgentSettings {
+                    listen,
+                    names,
+                    zone,
+                    key,
+                    netns: cfg.exception.as_ref().and_then(|x| x.netns.clone()),
+                    max_connections: cfg.control.max_agent_connections as usize,
+                    deadline: Duration::from_millis(u64::from(cfg.limits.migration_deadline_ms)),
+                },
+                workers.clone(),
+                agent_counters.clone(),
+            )
+            .map_err(AppError::Control)?;
+            println!(
+                "agents: MFR on {listen}, naming server {names} zone {}, proxy key {}",
+                cfg.control.zone,
+                cfg.control.key.display()
+            );
+            Some(plane)
+        }
+        _ => None,
     };
     let mut jobs: Vec<(LcoreId, Box<dyn FnOnce() + Send + '_>)> = Vec::new();
     for (i, w) in cfg.workers.iter().enumerate() {
@@ -324,8 +357,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             if let Some(c) = &control {
                 c.poll();
             }
+            if let Some(a) = agents.as_mut() {
+                a.poll();
+            }
             while let Some((w, flow, ev)) = events.pop() {
                 println!("migration worker={w} flow={flow} {}", describe_event(&ev));
+                if let Some(a) = agents.as_mut() {
+                    a.on_event(w, flow, ev);
+                }
             }
             if opts.run_for.is_some_and(|d| started.elapsed() >= d) {
                 break;
@@ -385,6 +424,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             Vec::new()
         },
         mempool_in_use: pool.in_use(),
+        control: agents.as_ref().map(|_| agent_counters.snapshot()),
         tsc_hz: hz,
     };
     for p in &report.ports {
@@ -412,6 +452,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             "worker {i} migration engines: active={} rolling cache bytes={} mbufs={} (peak {}) overflow={} segments originated={} migrations started={} done={} cancelled={} reset={}",
             p.migration.engines_active, p.migration.cache_bytes, p.migration.cache_bufs, p.migration.cache_bufs_peak, p.migration.cache_overflow, p.migration.engine_emitted,
             p.migration.migrations_started, p.migration.migrations_done, p.migration.migrations_cancelled, p.migration.migrations_reset
+        );
+    }
+    if let Some(c) = &report.control {
+        println!(
+            "control: connections={} mfr accepted={} refused={:?} mtr sent={} failed={} incomplete={}",
+            c.connections, c.mfr_accepted, c.mfr_refused, c.mtr_sent, c.mtr_failed, c.incomplete
         );
     }
     if let Some(path) = &opts.stats_json {
@@ -505,36 +551,5 @@ fn wait_links(ports: &[Port<'_>], max: Duration) {
             if l.up { "up" } else { "DOWN" },
             l.speed_mbps
         );
-    }
-}
-
-/// One line per migration event, for the log (times in milliseconds on the worker's clock).
-fn describe_event(ev: &Event) -> String {
-    let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
-    match *ev {
-        Event::Paused { from, to, at } => {
-            format!("paused t={}ms from_device={from} to_device={to}", ms(at))
-        }
-        Event::Connected {
-            device,
-            resume_offset,
-            client_offset,
-            at,
-        } => format!(
-            "connected t={}ms device={device} resume_offset={resume_offset} client_offset={client_offset}",
-            ms(at)
-        ),
-        Event::Replaying { device, at } => format!("replaying t={}ms device={device}", ms(at)),
-        Event::Resumed {
-            device,
-            replayed,
-            at,
-        } => format!("resumed t={}ms device={device} replayed_bytes={replayed}", ms(at)),
-        Event::Cancelled {
-            reason,
-            back_to,
-            at,
-        } => format!("cancelled t={}ms reason={reason} back_to_device={back_to}", ms(at)),
-        Event::Reset { reason, at } => format!("reset t={}ms reason={reason}", ms(at)),
     }
 }

@@ -469,6 +469,24 @@ pub struct ControlConfig {
     /// Seconds between counter lines on stdout (0: none).
     #[serde(default)]
     pub stats_interval_s: u32,
+    /// Address and port the device agents send MFRs to: one of the ports' `ip` addresses,
+    /// reached through the exception path (needs `[exception]`). Unset: no agent control.
+    #[serde(default)]
+    pub agents: Option<std::net::SocketAddrV4>,
+    /// The naming server devices are resolved with (DNS, UDP), as seen from the exception
+    /// path's namespace.
+    #[serde(default)]
+    pub names: Option<std::net::SocketAddr>,
+    /// The devices' zone.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// The proxy's Ed25519 key (created on first start); agents verify MTRs and replies with
+    /// its public half (`tsmp-proxy --public-key`).
+    #[serde(default = "default_proxy_key")]
+    pub key: PathBuf,
+    /// Agent control connections served at once; more are refused (`busy`).
+    #[serde(default = "default_agent_connections")]
+    pub max_agent_connections: u32,
 }
 
 impl Default for ControlConfig {
@@ -476,6 +494,11 @@ impl Default for ControlConfig {
         Self {
             cli_socket: default_cli_socket(),
             stats_interval_s: 0,
+            agents: None,
+            names: None,
+            zone: default_zone(),
+            key: default_proxy_key(),
+            max_agent_connections: default_agent_connections(),
         }
     }
 }
@@ -524,6 +547,15 @@ fn default_handoff_ring() -> u32 {
 }
 fn default_migration_deadline_ms() -> u32 {
     10_000
+}
+fn default_zone() -> String {
+    "tsmp.test".into()
+}
+fn default_proxy_key() -> PathBuf {
+    PathBuf::from("/var/lib/tsmp/proxy.key")
+}
+fn default_agent_connections() -> u32 {
+    32
 }
 fn default_cli_socket() -> PathBuf {
     PathBuf::from("/run/tsmp/tsmp.sock")
@@ -1021,6 +1053,46 @@ impl Config {
                     s.name, s.port, m.port_min, m.port_max
                 ),
             );
+        }
+
+        let c = &self.control;
+        if let Some(a) = c.agents {
+            if self.exception.is_none() {
+                return err(
+                    "control.agents",
+                    format!("agents reach {a} through the exception path: add an [exception] section (tap = \"tsmp-x0\")"),
+                );
+            }
+            let ours = self
+                .ports
+                .iter()
+                .filter_map(|p| p.ip.as_deref().and_then(|ip| parse_cidr(ip).ok()))
+                .any(|(ip, _)| ip == *a.ip());
+            if !ours {
+                return err(
+                    "control.agents",
+                    format!(
+                        "{} is none of the ports' `ip` addresses; use the client port's address",
+                        a.ip()
+                    ),
+                );
+            }
+            if c.names.is_none() {
+                return err(
+                    "control.names",
+                    "agent control needs the naming server's address (names = \"198.18.0.254:53\")"
+                        .into(),
+                );
+            }
+            if let Err(e) = crate::names::zone(&c.zone) {
+                return err("control.zone", e.to_string());
+            }
+            if !(1..=1024).contains(&c.max_agent_connections) {
+                return err(
+                    "control.max_agent_connections",
+                    format!("{} is outside 1..=1024", c.max_agent_connections),
+                );
+            }
         }
 
         let mut svc_names = BTreeSet::new();

@@ -33,6 +33,7 @@ use crossbeam_queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 
 use crate::migrate::engine::Event;
+use crate::msg::Reason;
 use crate::proxy::ProxyCore;
 
 /// The largest request accepted, bytes.
@@ -49,6 +50,27 @@ pub struct Migrating {
     pub device: u32,
     /// The port of the flow's VIP the target connects to.
     pub migration_port: u16,
+    /// The service the flow's first device connected to (VIP and service port).
+    pub service: SocketAddrV4,
+}
+
+/// Why a worker did not start a migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The counted reason.
+    pub reason: Reason,
+    /// What happened and what to do.
+    pub detail: String,
+}
+
+impl Refusal {
+    /// A refusal.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            detail: detail.into(),
+        }
+    }
 }
 
 /// A command for a worker.
@@ -62,8 +84,13 @@ pub enum Command {
         vip: (u32, u16),
         /// The application's consumed byte offset, if given.
         offset: Option<u64>,
+        /// The flow's migration counter the requester knows (agents); refused when the flow
+        /// is held by another device generation.
+        counter: Option<u32>,
+        /// The only source address the migration port accepts (the target device's).
+        expect: Option<u32>,
         /// Where the worker answers.
-        reply: SyncSender<Result<Migrating, String>>,
+        reply: SyncSender<Result<Migrating, Refusal>>,
     },
 }
 
@@ -95,14 +122,84 @@ fn addr(a: SocketAddrV4) -> (u32, u16) {
     (u32::from(*a.ip()), a.port())
 }
 
+/// A migration request for the owning worker.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrateRequest {
+    /// The device's address and port.
+    pub client: (u32, u16),
+    /// The service address (or migration port) the device's connection talks to.
+    pub vip: (u32, u16),
+    /// The application's consumed byte offset.
+    pub offset: Option<u64>,
+    /// The flow's migration counter as the requester knows it.
+    pub counter: Option<u32>,
+    /// The only source address the migration port accepts.
+    pub expect: Option<u32>,
+}
+
+/// The slow path's handle on the workers: routes a request to the owning worker's command
+/// ring and waits for its answer.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    rings: CommandRings,
+    hasher: RandomState,
+    migration_ports: (u16, u16),
+}
+
+impl Workers {
+    /// The workers behind `rings` (hashing flows with `hasher`), migration ports `lo..=hi`.
+    pub fn new(rings: CommandRings, hasher: RandomState, migration_ports: (u16, u16)) -> Self {
+        Workers {
+            rings,
+            hasher,
+            migration_ports,
+        }
+    }
+
+    /// Asks the owning worker to start a migration.
+    pub fn migrate(&self, r: MigrateRequest) -> Result<Migrating, Refusal> {
+        // A flow that migrated before talks to a migration port, owned by the worker that
+        // reserved it; the others hash their tuple.
+        let (lo, hi) = self.migration_ports;
+        let w = if (lo..=hi).contains(&r.vip.1) {
+            usize::from(r.vip.1) % self.rings.len().max(1)
+        } else {
+            ProxyCore::owner_of(&self.hasher, self.rings.len(), r.client, r.vip)
+        };
+        let (tx, rx) = sync_channel(1);
+        let cmd = Command::Migrate {
+            client: r.client,
+            vip: r.vip,
+            offset: r.offset,
+            counter: r.counter,
+            expect: r.expect,
+            reply: tx,
+        };
+        let Some(ring) = self.rings.get(w) else {
+            return Err(Refusal::new(Reason::Busy, "no worker"));
+        };
+        if ring.push(cmd).is_err() {
+            return Err(Refusal::new(
+                Reason::Busy,
+                format!("worker {w} is busy; retry"),
+            ));
+        }
+        match rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(r) => r,
+            Err(_) => Err(Refusal::new(
+                Reason::Busy,
+                format!("worker {w} did not answer"),
+            )),
+        }
+    }
+}
+
 /// The control socket.
 #[derive(Debug)]
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
-    rings: CommandRings,
-    hasher: RandomState,
-    migration_ports: (u16, u16),
+    workers: Workers,
 }
 
 /// Why the control socket could not be opened.
@@ -112,12 +209,7 @@ pub struct BindError(pub String);
 impl ControlServer {
     /// Opens the socket at `path` (a stale file from a stopped instance is replaced; a live
     /// instance is an error), owner-only permissions.
-    pub fn bind(
-        path: &Path,
-        rings: CommandRings,
-        hasher: RandomState,
-        migration_ports: (u16, u16),
-    ) -> Result<Self, BindError> {
+    pub fn bind(path: &Path, workers: Workers) -> Result<Self, BindError> {
         let shown = path.display();
         if UnixStream::connect(path).is_ok() {
             return Err(BindError(format!(
@@ -139,9 +231,7 @@ impl ControlServer {
         Ok(ControlServer {
             listener,
             path: path.to_owned(),
-            rings,
-            hasher,
-            migration_ports,
+            workers,
         })
     }
 
@@ -177,36 +267,48 @@ impl ControlServer {
                 client,
                 vip,
                 offset,
-            } => {
-                let (client, vip) = (addr(client), addr(vip));
-                // A flow that migrated before talks to a migration port, owned by the worker
-                // that reserved it; the others hash their tuple.
-                let (lo, hi) = self.migration_ports;
-                let w = if (lo..=hi).contains(&vip.1) {
-                    usize::from(vip.1) % self.rings.len().max(1)
-                } else {
-                    ProxyCore::owner_of(&self.hasher, self.rings.len(), client, vip)
-                };
-                let (tx, rx) = sync_channel(1);
-                let cmd = Command::Migrate {
-                    client,
-                    vip,
-                    offset,
-                    reply: tx,
-                };
-                let Some(ring) = self.rings.get(w) else {
-                    return Reply::Error("no worker".into());
-                };
-                if ring.push(cmd).is_err() {
-                    return Reply::Error(format!("worker {w} is busy; retry"));
-                }
-                match rx.recv_timeout(Duration::from_secs(2)) {
-                    Ok(Ok(m)) => Reply::Ok(m),
-                    Ok(Err(e)) => Reply::Error(e),
-                    Err(_) => Reply::Error(format!("worker {w} did not answer")),
-                }
-            }
+            } => match self.workers.migrate(MigrateRequest {
+                client: addr(client),
+                vip: addr(vip),
+                offset,
+                counter: None,
+                expect: None,
+            }) {
+                Ok(m) => Reply::Ok(m),
+                Err(r) => Reply::Error(r.detail),
+            },
         }
+    }
+}
+
+/// One line describing a migration event (times in ms of the worker's clock).
+pub fn describe_event(ev: &Event) -> String {
+    let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+    match *ev {
+        Event::Paused { from, to, at } => {
+            format!("paused t={}ms from_device={from} to_device={to}", ms(at))
+        }
+        Event::Connected {
+            device,
+            resume_offset,
+            client_offset,
+            at,
+        } => format!(
+            "connected t={}ms device={device} resume_offset={resume_offset} client_offset={client_offset}",
+            ms(at)
+        ),
+        Event::Replaying { device, at } => format!("replaying t={}ms device={device}", ms(at)),
+        Event::Resumed {
+            device,
+            replayed,
+            at,
+        } => format!("resumed t={}ms device={device} replayed_bytes={replayed}", ms(at)),
+        Event::Cancelled {
+            reason,
+            back_to,
+            at,
+        } => format!("cancelled t={}ms reason={reason} back_to_device={back_to}", ms(at)),
+        Event::Reset { reason, at } => format!("reset t={}ms reason={reason}", ms(at)),
     }
 }
 

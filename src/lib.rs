@@ -10,9 +10,12 @@
 //!   sans-IO logic, it only moves mbufs.
 #![deny(unsafe_code)]
 
+pub mod agents;
 pub mod config;
 pub mod control;
 pub mod migrate;
+pub mod msg;
+pub mod names;
 pub mod proxy;
 pub mod stats;
 pub mod wire;

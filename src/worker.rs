@@ -12,10 +12,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::control::{Command, EventRing, Migrating};
+use crate::control::{Command, EventRing, Migrating, Refusal};
 use crate::dpdk::{rdtsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, TxResult};
 use crate::migrate::cache::Budget;
 use crate::migrate::engine::{Engine, EngineConfig, Event, Leg, Verdict as Verdict2};
+use crate::msg::Reason;
 use crate::proxy::{FlowHit, ProxyCore, Verdict};
 use crate::stats::{ProxyCounters, ProxyExtra, WorkerCounters, WorkerSnapshot};
 use crate::wire::build::{tcp_frame_len, write_tcp_frame};
@@ -268,9 +269,11 @@ impl ProxyWorker<'_> {
                     client,
                     vip,
                     offset,
+                    counter,
+                    expect,
                     reply,
                 } => {
-                    let r = self.start_migration(client, vip, offset, s, x);
+                    let r = self.start_migration(client, vip, offset, counter, expect, s, x);
                     let _ = reply.try_send(r);
                 }
             }
@@ -279,28 +282,54 @@ impl ProxyWorker<'_> {
 
     /// An accepted migration request: freeze the flow and reserve the port its target
     /// connects to.
+    #[allow(clippy::too_many_arguments)]
     fn start_migration(
         &mut self,
         client: (u32, u16),
         vip: (u32, u16),
         offset: Option<u64>,
+        counter: Option<u32>,
+        expect: Option<u32>,
         s: &mut WorkerSnapshot,
         x: &mut ProxyExtra,
-    ) -> Result<Migrating, String> {
+    ) -> Result<Migrating, Refusal> {
         let slot = self.core.lookup_client(client, vip).ok_or_else(|| {
-            "no flow of that client to that service address (closed, or never seen)".to_owned()
+            Refusal::new(
+                Reason::NoFlow,
+                "no flow of that client to that service address (closed, or never seen)",
+            )
         })?;
+        let service = self.core.service_of(slot).unwrap_or(vip);
         let Some(Some(e)) = self.engines.get_mut(slot as usize) else {
-            return Err("the flow has no migration engine (it started before this proxy)".into());
+            return Err(Refusal::new(
+                Reason::NoFlow,
+                "the flow has no migration engine (it started before this proxy)",
+            ));
         };
+        if let Some(c) = counter {
+            if c != e.device() {
+                return Err(Refusal::new(
+                    Reason::StaleCounter,
+                    format!(
+                        "the flow's migration counter is {}, the request says {c}: an old request",
+                        e.device()
+                    ),
+                ));
+            }
+        }
         let gen = e.next_device();
         let port = self
             .core
-            .reserve_migration(slot, gen)
-            .ok_or("no migration port left on this worker (raise [migration] port_max)")?;
+            .reserve_migration(slot, gen, expect)
+            .ok_or_else(|| {
+                Refusal::new(
+                    Reason::Engine,
+                    "no migration port left on this worker (raise [migration] port_max)",
+                )
+            })?;
         if let Err(r) = e.migrate(self.now_us, offset, &mut self.budget) {
             self.core.release_migration(port);
-            return Err(r.to_string());
+            return Err(Refusal::new(Reason::Engine, r.to_string()));
         }
         self.after_engine(slot, s, x);
         Ok(Migrating {
@@ -308,6 +337,7 @@ impl ProxyWorker<'_> {
             flow: slot,
             device: gen,
             migration_port: port,
+            service: std::net::SocketAddrV4::new(service.0.into(), service.1),
         })
     }
 

@@ -14,30 +14,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use common::{must, run, Netns, Proxy, TempDir, Veth};
-
-/// Streams `total` bytes of the pattern `i % 251`, paced, then closes; prints `sent <n>`.
-const SERVER: &str = r#"
-import socket, sys, time
-total = int(sys.argv[1])
-pat = bytes(i % 251 for i in range(251 * 1024))
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("198.19.0.2", 8080)); s.listen(1)
-c, _ = s.accept()
-sent = 0
-while sent < total:
-    n = min(65536, total - sent)
-    off = sent % 251
-    c.sendall(pat[off:off + n])
-    sent += n
-    time.sleep(0.004)
-c.close()
-print("sent", sent, flush=True)
-"#;
+use common::bed::*;
+use common::{must, Netns, Proxy};
 
 /// Connects to `addr:port`, checks every byte against the pattern from `start`; with `stop`,
 /// its application consumes exactly that many bytes (prints `consumed <n>`), then the socket
@@ -70,80 +51,6 @@ else:
     print("ok", got, flush=True)
 "#;
 
-/// TCP counters of the server's namespace that must not move because of a migration.
-const WATCHED: [&str; 9] = [
-    "Tcp:RetransSegs",
-    "Tcp:OutRsts",
-    "TcpExt:TCPTimeouts",
-    "TcpExt:TCPLossProbes",
-    "TcpExt:TCPSpuriousRTOs",
-    "TcpExt:TCPChallengeACK",
-    "TcpExt:PAWSEstab",
-    "TcpExt:TCPAbortOnData",
-    "TcpExt:TCPSlowStartRetrans",
-];
-
-/// The kernel's TCP counters in `ns` (/proc/net/snmp and /proc/net/netstat).
-fn counters(ns: &Netns) -> std::collections::HashMap<String, u64> {
-    let mut m = std::collections::HashMap::new();
-    for f in ["/proc/net/snmp", "/proc/net/netstat"] {
-        let o = ns.exec(&["cat", f]);
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let lines: Vec<&str> = text.lines().collect();
-        for pair in lines.chunks(2) {
-            let [h, v] = pair else { continue };
-            let (Some((p, names)), Some((_, vals))) = (h.split_once(':'), v.split_once(':')) else {
-                continue;
-            };
-            for (n, v) in names.split_whitespace().zip(vals.split_whitespace()) {
-                if let Ok(v) = v.parse() {
-                    m.insert(format!("{p}:{n}"), v);
-                }
-            }
-        }
-    }
-    m
-}
-
-struct Bridge(String);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = run("ip", &["link", "del", &self.0]);
-    }
-}
-
-/// A veth pair with both ends in the host (one for af_packet, one on the bridge).
-struct HostVeth(String);
-
-impl Drop for HostVeth {
-    fn drop(&mut self) {
-        let _ = run("ip", &["link", "del", &self.0]);
-    }
-}
-
-/// The next line of the child's output that starts with `prefix` (read a byte at a time: no
-/// buffer may swallow the lines after it).
-fn line_from(child: &mut Child, prefix: &str) -> String {
-    let out = child.stdout.as_mut().expect("piped stdout");
-    loop {
-        let mut l = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            match out.read(&mut byte) {
-                Ok(1) if byte[0] == b'\n' => break,
-                Ok(1) => l.push(byte[0]),
-                _ if l.is_empty() => panic!("no `{prefix}` line from the application"),
-                _ => break,
-            }
-        }
-        let l = String::from_utf8_lossy(&l).into_owned();
-        if let Some(rest) = l.trim().strip_prefix(prefix) {
-            return rest.trim().to_owned();
-        }
-    }
-}
-
 fn control(sock: &std::path::Path, req: &str) -> serde_json::Value {
     let mut s = UnixStream::connect(sock).expect("control socket");
     s.write_all(req.as_bytes()).unwrap();
@@ -151,85 +58,6 @@ fn control(sock: &std::path::Path, req: &str) -> serde_json::Value {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("reply {out:?}: {e}"))
-}
-
-/// The test bed: server, phone and PC namespaces, the bridge, the proxy's configuration (the
-/// embedded default with `subst` applied) and its control socket path.
-struct Bed {
-    server: Netns,
-    phone: Netns,
-    pc: Netns,
-    dir: TempDir,
-    sock: std::path::PathBuf,
-    cfg: std::path::PathBuf,
-    _links: (Veth, Veth, Veth, HostVeth, Bridge),
-}
-
-fn bed(tag: &str, subst: &[(&str, &str)]) -> Bed {
-    common::require_root();
-    let t = format!("{tag}{}", common::tag());
-
-    let dir = TempDir::new(&format!("migrate-{t}"));
-    let server = Netns::new(&format!("tsmpt-s{t}"));
-    let phone = Netns::new(&format!("tsmpt-p{t}"));
-    let pc = Netns::new(&format!("tsmpt-c{t}"));
-    let vs = Veth::new(&format!("tms{t}"), &server, "198.19.0.2/24");
-    let vp = Veth::new(&format!("tmp{t}"), &phone, "198.18.0.1/24");
-    let vc = Veth::new(&format!("tmc{t}"), &pc, "198.18.0.3/24");
-    // The proxy's client port: one end of a host veth pair; the other end, the phone's and the
-    // PC's host ends on one bridge.
-    let br = Bridge(format!("tmb{t}"));
-    let _ = run("ip", &["link", "del", &br.0]);
-    must("ip", &["link", "add", &br.0, "type", "bridge"]);
-    let px = HostVeth(format!("tmx{t}"));
-    let pxb = format!("tmx{t}b");
-    let _ = run("ip", &["link", "del", &px.0]);
-    must(
-        "ip",
-        &["link", "add", &px.0, "type", "veth", "peer", "name", &pxb],
-    );
-    for dev in [&px.0, &pxb] {
-        must(
-            "ethtool",
-            &[
-                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
-            ],
-        );
-    }
-    for port in [&pxb, &vp.host, &vc.host] {
-        must("ip", &["link", "set", port, "master", &br.0]);
-    }
-    for dev in [&br.0, &px.0, &pxb] {
-        must("ip", &["link", "set", dev, "up"]);
-    }
-    let sock = dir.0.join("tsmp.sock");
-    let (c0, s0, fp) = (
-        format!("iface={},qpairs=1", px.0),
-        format!("iface={},qpairs=1", vs.host),
-        format!("file_prefix = \"tsmpt{t}\""),
-    );
-    let mut all: Vec<(&str, &str)> = vec![
-        ("iface=tsmp-c0,qpairs=1", &c0),
-        ("iface=tsmp-s0,qpairs=1", &s0),
-        ("file_prefix = \"tsmp\"", &fp),
-    ];
-    all.extend_from_slice(subst);
-    let mut text = common::profile("default.toml", &all);
-    text.push_str(&format!(
-        "\n[control]\ncli_socket = \"{}\"\n",
-        sock.display()
-    ));
-    let cfg = dir.0.join("proxy.toml");
-    std::fs::write(&cfg, text).unwrap();
-    Bed {
-        server,
-        phone,
-        pc,
-        dir,
-        sock,
-        cfg,
-        _links: (vs, vp, vc, px, br),
-    }
 }
 
 #[test]
@@ -349,73 +177,6 @@ fn phone_client(ns: &Netns, port: &str, start: u64, stop: u64) -> Child {
     )
 }
 
-/// Runs a Python application in `ns` on CPU 0, bounded by `timeout` seconds, stdin and stdout
-/// piped. The applications stay off CPU 1: the poll-mode worker's CPU stays its own, as on an
-/// appliance (a preempted worker acknowledges late, which a server sees as a tail loss).
-fn app(ns: &Netns, timeout: u32, script: &str, args: &[&str]) -> Child {
-    std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "timeout", &timeout.to_string()])
-        .args(["taskset", "-c", "0", "python3", "-c", script])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("application in its namespace")
-}
-
-/// A server application, given a moment to listen.
-fn server_app(b: &Bed, script: &str, args: &[&str]) -> Child {
-    let srv = app(&b.server, 120, script, args);
-    std::thread::sleep(Duration::from_millis(300));
-    srv
-}
-
-/// A device that reads everything into a file until the end of its connection to
-/// VIP:`argv[1]`; prints `port <local port>`, then `done <bytes>`.
-const DRAIN: &str = r#"
-import socket, sys
-s = socket.create_connection(("198.18.0.10", int(sys.argv[1])), timeout=60)
-print("port", s.getsockname()[1], flush=True)
-out = open(sys.argv[2], "wb", buffering=0); n = 0
-try:
-    while (b := s.recv(65536)):
-        out.write(b); n += len(b)
-except (ConnectionResetError, TimeoutError):
-    pass
-out.close()
-print("done", n, flush=True)
-"#;
-
-fn start_server(b: &Bed, total: u64) -> Child {
-    server_app(b, SERVER, &[&total.to_string()])
-}
-
-fn drain(ns: &Netns, port: u64, file: &std::path::Path) -> Child {
-    app(ns, 120, DRAIN, &[&port.to_string(), file.to_str().unwrap()])
-}
-
-/// Waits until `file` holds at least `n` bytes.
-fn wait_size(file: &std::path::Path, n: u64) {
-    for _ in 0..2000 {
-        if std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("{} never reached {n} bytes", file.display());
-}
-
-/// Whether `bytes` are the server's stream from offset `start`.
-fn pattern_from(bytes: &[u8], start: u64) -> Result<(), u64> {
-    for (i, b) in bytes.iter().enumerate() {
-        let at = start + i as u64;
-        if u64::from(*b) != at % 251 {
-            return Err(at);
-        }
-    }
-    Ok(())
-}
-
 /// The resume offsets of the `connected` events, in order.
 fn resume_offsets(out: &str) -> Vec<u64> {
     out.lines()
@@ -433,26 +194,6 @@ fn migrate(sock: &std::path::Path, client: &str, vip_port: u64) -> u64 {
     reply["ok"]["migration_port"]
         .as_u64()
         .unwrap_or_else(|| panic!("migration of {client} refused: {reply}"))
-}
-
-/// Counters that must never move over a connection that migrates.
-const NEVER: [&str; 5] = [
-    "Tcp:OutRsts",
-    "TcpExt:TCPTimeouts",
-    "TcpExt:TCPChallengeACK",
-    "TcpExt:PAWSEstab",
-    "TcpExt:TCPAbortOnData",
-];
-
-fn unchanged(
-    a: &std::collections::HashMap<String, u64>,
-    b: &std::collections::HashMap<String, u64>,
-    keys: &[&str],
-) -> Vec<String> {
-    keys.iter()
-        .filter(|k| a.get(**k) != b.get(**k))
-        .map(|k| format!("{k} {:?} -> {:?}", a.get(*k), b.get(*k)))
-        .collect()
 }
 
 #[test]

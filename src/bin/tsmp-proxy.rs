@@ -34,6 +34,10 @@ struct Args {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     run_for: Option<f64>,
+    /// Print the public half of the proxy's key (`[control] key`, created when missing) for
+    /// the agents' `--proxy-key`, and exit.
+    #[arg(long)]
+    public_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.public_key {
+        return match tsmp::msg::load_or_create_key(&cfg.control.key) {
+            Ok(k) => {
+                println!("{}", tsmp::msg::public_b64(&k));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tsmp-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.check {
         println!(
             "configuration OK: {} port(s), {} worker(s), mode {:?}, EAL args: {}",

@@ -62,10 +62,12 @@ pub enum Cause {
     OtherEthertype,
     /// An ARP frame we do not answer (not for our address, malformed).
     ArpIgnored,
+    /// A SYN to a reserved migration port from another address than the target device's.
+    MigrationSource,
 }
 
 /// Number of counters in [`Cause::index`] space.
-pub const CAUSES: usize = DropReason::COUNT + 11;
+pub const CAUSES: usize = DropReason::COUNT + 12;
 
 impl Cause {
     /// Counter index.
@@ -83,6 +85,7 @@ impl Cause {
             Cause::IcmpOther => DropReason::COUNT + 8,
             Cause::OtherEthertype => DropReason::COUNT + 9,
             Cause::ArpIgnored => DropReason::COUNT + 10,
+            Cause::MigrationSource => DropReason::COUNT + 11,
         }
     }
 
@@ -104,6 +107,7 @@ impl Cause {
             "icmp_other",
             "other_ethertype",
             "arp_ignored",
+            "migration_wrong_source",
         ];
         n[DropReason::COUNT..].copy_from_slice(&rest);
         n
@@ -220,7 +224,7 @@ pub struct ProxyCore {
     /// The configured migration port range.
     mport_range: (u16, u16),
     /// Reserved migration ports -> (flow slot, device generation).
-    mports: HashMap<u16, (u32, u32), RandomState>,
+    mports: HashMap<u16, (u32, u32, Option<u32>), RandomState>,
     /// Client-side keys of devices other than a flow's current one -> (slot, generation).
     legs: HashMap<Key, (u32, u32), RandomState>,
     /// Addresses of devices by (slot, generation), for the segments the engine originates.
@@ -631,7 +635,10 @@ impl ProxyCore {
         }
         if migration && is_syn {
             // The target's SYN on the port reserved for its migration.
-            if let Some(&(slot, gen)) = self.mports.get(&m.dport) {
+            if let Some(&(slot, gen, expect)) = self.mports.get(&m.dport) {
+                if expect.is_some_and(|ip| ip != k.src) {
+                    return Verdict::Drop(Cause::MigrationSource);
+                }
                 if self.flows.contains(slot) && self.flows.get(slot).vip.0 == dst {
                     let mut mac = [0u8; 6];
                     mac.copy_from_slice(&f[6..12]);
@@ -978,11 +985,26 @@ impl ProxyCore {
     }
 
     /// Reserves a migration port for device generation `gen` of flow `slot`: the target
-    /// connects to the flow's VIP on it. `None` when this worker's ports are exhausted.
-    pub fn reserve_migration(&mut self, slot: u32, gen: u32) -> Option<u16> {
+    /// connects to the flow's VIP on it, from address `expect` only when given (a SYN from
+    /// elsewhere is dropped and counted). `None` when this worker's ports are exhausted.
+    pub fn reserve_migration(&mut self, slot: u32, gen: u32, expect: Option<u32>) -> Option<u16> {
         let p = self.mports_free.pop_front()?;
-        self.mports.insert(p, (slot, gen));
+        self.mports.insert(p, (slot, gen, expect));
         Some(p)
+    }
+
+    /// The service (VIP, service port) flow `slot` was opened to.
+    pub fn service_of(&self, slot: u32) -> Option<(u32, u16)> {
+        if !self.flows.contains(slot) {
+            return None;
+        }
+        // After a migration the flow's client side names a migration port; the service is the
+        // one of that VIP with the flow's backend.
+        let fl = self.flows.get(slot);
+        self.services
+            .iter()
+            .find(|s| s.vip == fl.vip.0 && (s.backend, s.backend_port) == fl.backend)
+            .map(|s| (s.vip, s.port))
     }
 
     /// Returns a reserved migration port whose migration did not start.

@@ -2,6 +2,8 @@
 //! are removed on drop (also when a test fails), and a proxy process that is stopped on drop.
 #![allow(dead_code)]
 
+pub mod bed;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
