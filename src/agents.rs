@@ -118,7 +118,7 @@ struct Subscription {
     worker: usize,
     flow: u32,
     since: Instant,
-    tx: Sender<Event>,
+    tx: Sender<(Event, u64)>,
 }
 
 /// The agent control plane of the slow path.
@@ -128,7 +128,7 @@ pub struct AgentPlane {
     shared: Arc<Shared>,
     subscriptions: Receiver<Subscription>,
     subs: Vec<Subscription>,
-    history: VecDeque<(Instant, usize, u32, Event)>,
+    history: VecDeque<(Instant, u64, usize, u32, Event)>,
 }
 
 /// Settings of the agent control plane.
@@ -247,9 +247,9 @@ impl AgentPlane {
         }
         while let Ok(s) = self.subscriptions.try_recv() {
             // Events that came before the subscription (the worker is fast) are replayed.
-            for &(t, w, f, ev) in &self.history {
+            for &(t, at, w, f, ev) in &self.history {
                 if w == s.worker && f == s.flow && t >= s.since {
-                    let _ = s.tx.send(ev);
+                    let _ = s.tx.send((ev, at));
                 }
             }
             self.subs.push(s);
@@ -259,7 +259,8 @@ impl AgentPlane {
     /// A worker's migration event.
     pub fn on_event(&mut self, worker: usize, flow: u32, ev: Event) {
         let now = Instant::now();
-        self.history.push_back((now, worker, flow, ev));
+        let at = now_ms();
+        self.history.push_back((now, at, worker, flow, ev));
         while self.history.len() > 4096
             || self
                 .history
@@ -269,7 +270,7 @@ impl AgentPlane {
             self.history.pop_front();
         }
         self.subs
-            .retain(|s| !(s.worker == worker && s.flow == flow) || s.tx.send(ev).is_ok());
+            .retain(|s| !(s.worker == worker && s.flow == flow) || s.tx.send((ev, at)).is_ok());
     }
 }
 
@@ -296,6 +297,7 @@ fn reply(
 }
 
 fn serve(sh: &Shared, mut stream: TcpStream, peer: SocketAddr) {
+    let t0 = Instant::now();
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(3)));
@@ -326,6 +328,7 @@ fn serve(sh: &Shared, mut stream: TcpStream, peer: SocketAddr) {
         sh.counters.refuse(Reason::NotFromDevice);
         return;
     };
+    let t_read = t0.elapsed();
     match check(sh, &sealed, mfr, *peer.ip()) {
         Err((r, detail)) => {
             sh.counters.refuse(r);
@@ -337,7 +340,7 @@ fn serve(sh: &Shared, mut stream: TcpStream, peer: SocketAddr) {
             );
             let _ = reply(sh, &mut stream, 0, refused(r, detail), &mfr.nonce);
         }
-        Ok((target, rec)) => run(sh, stream, mfr, &target, &rec),
+        Ok((target, rec)) => run(sh, stream, mfr, &target, &rec, (t0, t_read)),
     }
 }
 
@@ -432,18 +435,28 @@ fn status(
     phase: &str,
     detail: String,
     last: bool,
+    at_ms: u64,
 ) -> bool {
     let body = Body::Status(Status {
         migration,
         phase: phase.to_owned(),
         detail,
         last,
+        at_ms,
     });
     msg::write_sealed(stream, &body, &sh.key).is_ok()
 }
 
 /// An MFR that passed every check: start the migration, send the MTR, report progress.
-fn run(sh: &Shared, mut stream: TcpStream, mfr: &Mfr, target: &DeviceId, rec: &DeviceRecord) {
+fn run(
+    sh: &Shared,
+    mut stream: TcpStream,
+    mfr: &Mfr,
+    target: &DeviceId,
+    rec: &DeviceRecord,
+    (t0, t_read): (Instant, Duration),
+) {
+    let t_checked = t0.elapsed();
     let ip = |a: SocketAddrV4| (u32::from(*a.ip()), a.port());
     let since = Instant::now();
     let m: Migrating = match sh.workers.migrate(MigrateRequest {
@@ -476,8 +489,18 @@ fn run(sh: &Shared, mut stream: TcpStream, mfr: &Mfr, target: &DeviceId, rec: &D
     sh.counters.mfr_accepted.fetch_add(1, Ordering::Relaxed);
     let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
     println!(
-        "mfr migration={id} {}.{} {}-{} -> {target} ({}) worker={} flow={} port={}",
-        mfr.device, mfr.user, mfr.client, mfr.server, rec.addr, m.worker, m.flow, m.migration_port
+        "mfr migration={id} {}.{} {}-{} -> {target} ({}) worker={} flow={} port={} read={:.1}ms checked={:.1}ms frozen={:.1}ms",
+        mfr.device,
+        mfr.user,
+        mfr.client,
+        mfr.server,
+        rec.addr,
+        m.worker,
+        m.flow,
+        m.migration_port,
+        t_read.as_secs_f64() * 1000.0,
+        t_checked.as_secs_f64() * 1000.0,
+        t0.elapsed().as_secs_f64() * 1000.0
     );
     let _ = reply(
         sh,
@@ -519,6 +542,7 @@ fn run(sh: &Shared, mut stream: TcpStream, mfr: &Mfr, target: &DeviceId, rec: &D
                     mtr.connect
                 ),
                 false,
+                now_ms(),
             );
         }
         Err(e) => {
@@ -534,6 +558,7 @@ fn run(sh: &Shared, mut stream: TcpStream, mfr: &Mfr, target: &DeviceId, rec: &D
                     mfr.device
                 ),
                 false,
+                now_ms(),
             );
         }
     }
@@ -541,7 +566,9 @@ fn run(sh: &Shared, mut stream: TcpStream, mfr: &Mfr, target: &DeviceId, rec: &D
     // the deadline, or reset).
     let give_up = Instant::now() + sh.deadline * 3 + Duration::from_secs(10);
     while let Some(left) = give_up.checked_duration_since(Instant::now()) {
-        let Ok(ev) = rx.recv_timeout(left) else { break };
+        let Ok((ev, at)) = rx.recv_timeout(left) else {
+            break;
+        };
         let (phase, last) = match ev {
             Event::Paused { .. } => ("paused", false),
             Event::Connected { .. } => ("connected", false),
@@ -555,7 +582,7 @@ fn run(sh: &Shared, mut stream: TcpStream, mfr: &Mfr, target: &DeviceId, rec: &D
             describe_event(&ev),
             since.elapsed().as_secs_f64() * 1000.0
         );
-        if !status(sh, &mut stream, id, phase, detail, last) || last {
+        if !status(sh, &mut stream, id, phase, detail, last, at) || last {
             break;
         }
     }

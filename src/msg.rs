@@ -196,6 +196,9 @@ pub struct Status {
     pub detail: String,
     /// The migration ended (resumed, cancelled or reset).
     pub last: bool,
+    /// When the proxy's slow path saw it, ms since the epoch (the detail's `t=` values are the
+    /// owning worker's clock, precise relative to each other).
+    pub at_ms: u64,
 }
 
 /// Migration To Request: the proxy asks the target device to take a connection over.

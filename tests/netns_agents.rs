@@ -191,31 +191,52 @@ fn read_file(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_default()
 }
 
+/// An unmodified application on the PC: connects to the agent's local port (retrying until
+/// the agent has taken a connection over) and writes what it reads to a file.
+const LOCAL_APP: &str = r#"
+import socket, sys, time
+for _ in range(400):
+    try:
+        s = socket.create_connection(("127.0.0.1", 9000), timeout=60); break
+    except OSError:
+        time.sleep(0.05)
+out = open(sys.argv[1], "wb", buffering=0)
+while (b := s.recv(65536)):
+    out.write(b)
+"#;
+
 #[test]
 fn a_stream_moves_from_phone_to_pc_through_the_agents_command_lines() {
-    let mut p = Plane::new("g");
+    stream_moves("g", false);
+}
+
+#[test]
+fn the_pc_agent_hands_the_stream_to_an_application_on_its_local_port() {
+    stream_moves("l", true);
+}
+
+/// The phone downloads; `tsmp-agent migrate` moves the download to the PC, whose agent hands
+/// it to `cat` (or, with `local`, to an application connecting to the agent's local port).
+fn stream_moves(tag: &str, local: bool) {
+    let mut p = Plane::new(tag);
     let total: u64 = 24 << 20;
     let mut srv = start_server(&p.b, total);
     let before = counters(&p.b.server);
     let pc_out = p.b.dir.0.join("pc.out");
     let phone_out = p.b.dir.0.join("phone.out");
-    // The PC's agent hands the connection it takes over to `cat`.
+    let cat = format!("cat > {}", pc_out.display());
+    let hand: [&str; 2] = if local {
+        ["--local", "127.0.0.1:9000"]
+    } else {
+        ["--exec", &cat]
+    };
     let mut listen = Guard(
-        p.agent(
-            &p.b.pc,
-            "pc",
-            &[
-                "listen",
-                "--exec",
-                &format!("cat > {}", pc_out.display()),
-                "--count",
-                "1",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap(),
+        p.agent(&p.b.pc, "pc", &["listen", hand[0], hand[1], "--count", "1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
+    let _app = local.then(|| Guard(app(&p.b.pc, 60, LOCAL_APP, &[pc_out.to_str().unwrap()])));
     let mut ph = drain(&p.b.phone, 80, &phone_out);
     let port = line_from(&mut ph, "port");
     wait_size(&phone_out, 3 << 20);
@@ -453,6 +474,15 @@ fn forged_replayed_stale_and_foreign_requests_are_refused_and_the_flow_keeps_for
     right
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    // Once: a second connection, even from the target, is refused.
+    let second = in_netns(Some(&pc.name), move || {
+        TcpStream::connect_timeout(&connect.into(), Duration::from_millis(1500))
+    })
+    .unwrap();
+    assert!(
+        second.is_err(),
+        "a second connection got into the migration port"
+    );
     let phone_bytes: u64 = line_from(&mut ph, "done").parse().unwrap();
     let mut rest = Vec::new();
     let _ = right.read_to_end(&mut rest);
@@ -477,7 +507,7 @@ fn forged_replayed_stale_and_foreign_requests_are_refused_and_the_flow_keeps_for
     assert_eq!(s["control"]["mfr_accepted"], 1, "{s:#}");
     let drops = &s["proxy"][0]["drops"];
     assert!(
-        drops["migration_wrong_source"].as_u64().unwrap_or(0) >= 1,
-        "the phone's SYN was not counted: {drops:#}"
+        drops["migration_syn_refused"].as_u64().unwrap_or(0) >= 2,
+        "the phone's and the second SYN were not counted: {drops:#}"
     );
 }

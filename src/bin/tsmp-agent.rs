@@ -84,11 +84,23 @@ enum Cmd {
     /// Wait for MTRs and take the connections over.
     Listen {
         /// Start this command (sh -c) per connection, the socket as its stdin and stdout.
-        #[arg(long, conflicts_with = "forward", required_unless_present = "forward")]
+        #[arg(long, group = "hand")]
         exec: Option<String>,
-        /// Connect to this local TCP address per connection and relay both ways.
-        #[arg(long)]
+        /// Listen on this local address: the application connects to it (once per migrated
+        /// connection) and gets the connection's bytes relayed both ways.
+        #[arg(long, group = "hand")]
+        local: Option<SocketAddr>,
+        /// Connect to this local address (an application listening) per connection and relay
+        /// both ways.
+        #[arg(long, group = "hand")]
         forward: Option<SocketAddr>,
+        /// Per service: `VIP:PORT=exec:CMD`, `VIP:PORT=local:ADDR` or `VIP:PORT=forward:ADDR`
+        /// for the connections of that service (repeatable; the options above serve the rest).
+        #[arg(long = "on", value_name = "SERVICE=HOW")]
+        routes: Vec<String>,
+        /// How long a taken-over connection waits for the application on `--local`, seconds.
+        #[arg(long, default_value_t = 60)]
+        local_wait: u64,
         /// Exit after this many connections (0: never).
         #[arg(long, default_value_t = 0)]
         count: u32,
@@ -155,9 +167,53 @@ fn main() -> ExitCode {
         ),
         Cmd::Listen {
             exec,
+            local,
             forward,
+            routes,
+            local_wait,
             count,
-        } => listen(&args.state, exec.as_deref(), *forward, *count),
+        } => {
+            let wait = Duration::from_secs(*local_wait);
+            let mut table = Vec::new();
+            let default = match (exec, local, forward) {
+                (Some(c), _, _) => Some(format!("exec:{c}")),
+                (_, Some(a), _) => Some(format!("local:{a}")),
+                (_, _, Some(a)) => Some(format!("forward:{a}")),
+                _ => None,
+            };
+            let parsed = routes
+                .iter()
+                .map(|r| {
+                    let (svc, how) = r.split_once('=').ok_or_else(|| {
+                        format!(
+                            "--on {r:?}: expected VIP:PORT=exec:CMD (or local:ADDR, forward:ADDR)"
+                        )
+                    })?;
+                    let svc: SocketAddrV4 = svc
+                        .parse()
+                        .map_err(|_| format!("--on {r:?}: {svc:?} is not VIP:PORT"))?;
+                    Ok((Some(svc), how.to_owned()))
+                })
+                .chain(default.map(|d| Ok((None, d))))
+                .map(|r: Result<_, String>| r.and_then(|(svc, how)| Ok((svc, hand(&how, wait)?))));
+            for r in parsed {
+                match r {
+                    Ok(x) => table.push(x),
+                    Err(e) => {
+                        eprintln!("tsmp-agent: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            if table.is_empty() {
+                eprintln!(
+                    "tsmp-agent: listen needs --exec CMD, --local ADDR, --forward ADDR or \
+                     --on VIP:PORT=...: where the connections taken over go"
+                );
+                return ExitCode::from(2);
+            }
+            listen(&args.state, &table, *count)
+        }
         Cmd::Migrate { connection, to } => migrate(&args.state, connection, to),
         Cmd::Show => show(&args.state),
     };
@@ -294,12 +350,45 @@ fn connect_from(
     }
 }
 
-fn listen(
-    state: &Path,
-    exec: Option<&str>,
-    forward: Option<SocketAddr>,
-    count: u32,
-) -> Result<ExitCode, String> {
+/// Where a connection taken over goes.
+#[derive(Debug)]
+enum Hand {
+    /// A command with the socket as stdin and stdout.
+    Exec(String),
+    /// An application that connects to this listener.
+    Local(TcpListener, Duration),
+    /// An application listening at this address.
+    Forward(SocketAddr),
+}
+
+/// `exec:CMD`, `local:ADDR` or `forward:ADDR`.
+fn hand(how: &str, wait: Duration) -> Result<Hand, String> {
+    let (kind, arg) = how
+        .split_once(':')
+        .ok_or_else(|| format!("{how:?}: expected exec:CMD, local:ADDR or forward:ADDR"))?;
+    let addr = || {
+        arg.parse::<SocketAddr>()
+            .map_err(|_| format!("{how:?}: {arg:?} is not IP:PORT"))
+    };
+    match kind {
+        "exec" if !arg.is_empty() => Ok(Hand::Exec(arg.to_owned())),
+        "local" => {
+            let a = addr()?;
+            TcpListener::bind(a)
+                .map(|l| Hand::Local(l, wait))
+                .map_err(|e| format!("cannot listen on {a} for the application: {e}"))
+        }
+        "forward" => Ok(Hand::Forward(addr()?)),
+        _ => Err(format!(
+            "{how:?}: expected exec:CMD, local:ADDR or forward:ADDR"
+        )),
+    }
+}
+
+/// Per service (or any, `None`), where its connections go; the first match wins.
+type Routes = Vec<(Option<SocketAddrV4>, Hand)>;
+
+fn listen(state: &Path, routes: &Routes, count: u32) -> Result<ExitCode, String> {
     let (s, key, proxy_key) = load(state)?;
     let listener = TcpListener::bind((s.address, s.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", s.address, s.port))?;
@@ -310,6 +399,7 @@ fn listen(
     let _ = std::io::stdout().flush();
     let mut fresh = Freshness::new(4096);
     let mut served = 0u32;
+    let mut relays = Relays::new();
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(3)));
@@ -325,6 +415,9 @@ fn listen(
             eprintln!("mtr refused: not an MTR");
             continue;
         };
+        let route = routes
+            .iter()
+            .find(|(svc, _)| svc.is_none_or(|s| s == mtr.service));
         let refuse = if !sealed.verify(&proxy_key) {
             Some("not signed by the proxy's key")
         } else if mtr.user != s.user || mtr.device != s.device {
@@ -335,6 +428,8 @@ fn listen(
             Some("deadline passed")
         } else if !fresh.first_use(&mtr.nonce, now_ms()) {
             Some("replayed")
+        } else if route.is_none() {
+            Some("no application on this device takes connections of that service")
         } else {
             None
         };
@@ -385,10 +480,17 @@ fn listen(
             t0.elapsed().as_secs_f64() * 1000.0
         );
         let _ = std::io::stdout().flush();
-        let handed = match (exec, forward) {
-            (Some(cmd), _) => hand_to_command(stream, cmd, &mtr.service.to_string(), mtr.migration),
-            (None, Some(addr)) => hand_to_port(stream, addr),
-            (None, None) => Err("nothing to hand the connection to".into()),
+        let Some((_, hand)) = route else { continue };
+        let handed = match hand {
+            Hand::Exec(cmd) => {
+                hand_to_command(stream, cmd, &mtr.service.to_string(), mtr.migration)
+            }
+            Hand::Local(l, wait) => {
+                accept_local(l, *wait).and_then(|app| relay(stream, app, &mut relays))
+            }
+            Hand::Forward(addr) => TcpStream::connect_timeout(addr, Duration::from_secs(3))
+                .map_err(|e| format!("cannot connect to the local application on {addr}: {e}"))
+                .and_then(|app| relay(stream, app, &mut relays)),
         };
         if let Err(e) = handed {
             eprintln!("mtr migration={}: {e}", mtr.migration);
@@ -397,6 +499,9 @@ fn listen(
         if count > 0 && served >= count {
             break;
         }
+    }
+    for r in relays {
+        let _ = r.join();
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -420,9 +525,34 @@ fn hand_to_command(
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))
 }
 
-fn hand_to_port(stream: TcpStream, addr: SocketAddr) -> Result<(), String> {
-    let local = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .map_err(|e| format!("cannot connect to the local application on {addr}: {e}"))?;
+/// The application's connection to the agent's local port, within `wait`.
+fn accept_local(l: &TcpListener, wait: Duration) -> Result<TcpStream, String> {
+    let until = Instant::now() + wait;
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "no application connected to {:?} within {wait:?}: {e}",
+                    l.local_addr().ok()
+                ))
+            }
+        }
+    }
+}
+
+/// Relays both ways between the migrated connection and the application.
+/// The relaying threads; joined before the agent exits.
+type Relays = Vec<std::thread::JoinHandle<()>>;
+
+fn relay(stream: TcpStream, local: TcpStream, relays: &mut Relays) -> Result<(), String> {
     let pairs = [
         (stream.try_clone(), local.try_clone()),
         (local.try_clone(), stream.try_clone()),
@@ -431,11 +561,12 @@ fn hand_to_port(stream: TcpStream, addr: SocketAddr) -> Result<(), String> {
         let (Ok(mut from), Ok(mut to)) = (from, to) else {
             return Err("cannot duplicate the sockets".into());
         };
-        std::thread::spawn(move || {
+        relays.push(std::thread::spawn(move || {
             let _ = std::io::copy(&mut from, &mut to);
             let _ = to.shutdown(std::net::Shutdown::Write);
-        });
+        }));
     }
+    relays.retain(|h| !h.is_finished());
     Ok(())
 }
 
@@ -514,6 +645,7 @@ fn migrate(state: &Path, spec: &str, to: &str) -> Result<ExitCode, String> {
         nonce: msg::nonce(),
     };
     let t0 = Instant::now();
+    let sent_ms = mfr.ts_ms;
     let mut conn = connect_from(s.address, s.proxy, Duration::from_secs(3))
         .map_err(|e| format!("proxy {} unreachable: {e}", s.proxy))?;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
@@ -540,7 +672,7 @@ fn migrate(state: &Path, spec: &str, to: &str) -> Result<ExitCode, String> {
             worker,
             flow,
         } => println!(
-            "mfr accepted: migration {} of {client}-{server} to {to} ({target_addr}), worker {worker} flow {flow}, {:.1} ms",
+            "mfr accepted: migration {} of {client}-{server} to {to} ({target_addr}), worker {worker} flow {flow}, {:.1} ms (sent at {sent_ms} ms since the epoch)",
             r.migration,
             t0.elapsed().as_secs_f64() * 1000.0
         ),
@@ -554,7 +686,7 @@ fn migrate(state: &Path, spec: &str, to: &str) -> Result<ExitCode, String> {
         let Body::Status(st) = m.body else { continue };
         println!(
             "{:>8.1} ms  {:<10} {}",
-            t0.elapsed().as_secs_f64() * 1000.0,
+            st.at_ms.saturating_sub(sent_ms) as f64,
             st.phase,
             st.detail
         );

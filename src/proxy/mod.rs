@@ -62,8 +62,9 @@ pub enum Cause {
     OtherEthertype,
     /// An ARP frame we do not answer (not for our address, malformed).
     ArpIgnored,
-    /// A SYN to a reserved migration port from another address than the target device's.
-    MigrationSource,
+    /// A SYN to a reserved migration port from another address than the target device's, or
+    /// after the target's connection was accepted.
+    MigrationRefused,
 }
 
 /// Number of counters in [`Cause::index`] space.
@@ -85,7 +86,7 @@ impl Cause {
             Cause::IcmpOther => DropReason::COUNT + 8,
             Cause::OtherEthertype => DropReason::COUNT + 9,
             Cause::ArpIgnored => DropReason::COUNT + 10,
-            Cause::MigrationSource => DropReason::COUNT + 11,
+            Cause::MigrationRefused => DropReason::COUNT + 11,
         }
     }
 
@@ -107,7 +108,7 @@ impl Cause {
             "icmp_other",
             "other_ethertype",
             "arp_ignored",
-            "migration_wrong_source",
+            "migration_syn_refused",
         ];
         n[DropReason::COUNT..].copy_from_slice(&rest);
         n
@@ -636,8 +637,14 @@ impl ProxyCore {
         if migration && is_syn {
             // The target's SYN on the port reserved for its migration.
             if let Some(&(slot, gen, expect)) = self.mports.get(&m.dport) {
-                if expect.is_some_and(|ip| ip != k.src) {
-                    return Verdict::Drop(Cause::MigrationSource);
+                // Only the target's address, and only one connection: a second SYN (another
+                // port, or after the target took over) is refused like a stranger's.
+                // Retransmissions of the accepted SYN matched `legs` above.
+                if expect.is_some_and(|ip| ip != k.src)
+                    || self.devices.contains_key(&(slot, gen))
+                    || self.current_device(slot) == gen
+                {
+                    return Verdict::Drop(Cause::MigrationRefused);
                 }
                 if self.flows.contains(slot) && self.flows.get(slot).vip.0 == dst {
                     let mut mac = [0u8; 6];
