@@ -471,3 +471,42 @@ fn check_mode_validates_without_eal() {
         "{err}"
     );
 }
+
+#[test]
+fn agent_control_needs_the_exception_path_an_own_address_and_a_naming_server() {
+    let base = tsmp::config::EMBEDDED_DEFAULT;
+    let cut = base
+        .find("# == control plane ==")
+        .expect("control plane section");
+    let (data, _) = base.split_at(cut);
+    let ok = "[control]\nagents = \"198.18.0.254:7000\"\nnames = \"198.18.0.254:53\"\n";
+    let x = "\n[exception]\ntap = \"t0\"\n";
+    assert!(Config::from_toml(&format!("{data}{ok}{x}"), "t").is_ok());
+    rejects(&format!("{data}{ok}"), "control.agents", "[exception]");
+    rejects(
+        &format!(
+            "{data}{}{x}",
+            ok.replace("198.18.0.254:7000", "198.18.0.77:7000")
+        ),
+        "control.agents",
+        "none of the ports",
+    );
+    rejects(
+        &format!(
+            "{data}{}{x}",
+            ok.replace("names = \"198.18.0.254:53\"\n", "")
+        ),
+        "control.names",
+        "naming server",
+    );
+    rejects(
+        &format!("{data}{ok}zone = \"bad..zone\"\n{x}"),
+        "control.zone",
+        "not a domain name",
+    );
+    rejects(
+        &format!("{data}{ok}max_agent_connections = 0\n{x}"),
+        "control.max_agent_connections",
+        "outside 1..=1024",
+    );
+}
