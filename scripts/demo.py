@@ -32,7 +32,9 @@ BIN = os.path.join(ROOT, "target", "release")
 S, P, C = "tsmp-demo-server", "tsmp-demo-phone", "tsmp-demo-pc"
 LINKS = ["tsmp-c0", "tsmp-s0", "tsmp-ph", "tsmp-pc", "tsmp-br0"]
 VIDEO_BYTES = 12 << 20
-VIDEO_RATE = 1_250_000  # bytes/s the server paces the video at (10 Mbit/s)
+# Bytes/s the server paces the video at (8 Mbit/s): below the phone's 10 Mbit/s, as a player's
+# bitrate is, so the phone's link has no standing queue and control messages are not stuck in it.
+VIDEO_RATE = 1_000_000
 HANDOVER = 4 << 20  # Bob leaves after this much of the video
 FREEZE_CHECK = 0.3  # seconds the counters are watched while the server is frozen
 PLOT = os.path.join(ROOT, "target", "demo", "migration.svg")
@@ -407,11 +409,12 @@ def main():
     say("   Bob walks home after %d MiB of video and %d chat lines" % (HANDOVER >> 20, said - 1))
     pcchat = spawn(nsx(C, "python3", "-c", CHAT_CLIENT, "local", str(said), "20", os.path.join(WORK, "never")),
                    stdout=subprocess.PIPE, text=True)
-    before_info = open(samples_file).read().splitlines()[-1].split()
 
     say("== the phone's agent moves both connections to the PC (tsmp-agent migrate PORT --to pc)")
-    mv = spawn(agent(P, "phone", "migrate", vport, "--to", "pc"), stdout=subprocess.PIPE, text=True)
-    mc = spawn(agent(P, "phone", "migrate", cport, "--to", "pc"), stdout=subprocess.PIPE, text=True)
+    mv = spawn(agent(P, "phone", "migrate", vport, "--to", "pc"), stdout=subprocess.PIPE,
+               stderr=subprocess.STDOUT, text=True)
+    mc = spawn(agent(P, "phone", "migrate", cport, "--to", "pc"), stdout=subprocess.PIPE,
+               stderr=subprocess.STDOUT, text=True)
     vout = []
     frozen_from = frozen_to = {}
     while True:
@@ -429,6 +432,8 @@ def main():
         say("   %s:" % name)
         for line in lines:
             say("     " + line)
+    if not (ok_v and ok_c):
+        raise SystemExit("a migration was refused (the agent's message is above); VERDICT: FAIL")
 
     say("== the PC plays on")
     vsrv_out = vsrv.stdout.read().strip()
@@ -472,8 +477,12 @@ def main():
     chat_ok = lines == ["bob: %d still here" % n for n in range(1, said + 20)]
     frozen = moved(frozen_from, frozen_to, WATCHED)
     ever = moved(start, end, NEVER)
-    st_b, ca_b, cwnd_b, ssth_b, retr_b = map(int, map(float, before_info[2:7]))
-    st_a, ca_a, cwnd_a, ssth_a, retr_a = map(int, map(float, after_info[2:7]))
+    # The server's socket when the worker froze it (the last sample before the slow path saw the
+    # pause): retransmissions before it are the phone link's loss; from it on, a migration's.
+    t_pause = t_mfr + steps["paused"][0] / 1000 if t_mfr and "paused" in steps else samples[-1][0]
+    before_info = next((s for s in reversed(samples) if s[0] <= t_pause), samples[0])
+    st_b, ca_b, cwnd_b, ssth_b, retr_b = map(int, before_info[2:7])
+    st_a, ca_a, cwnd_a, ssth_a, retr_a = map(int, after_info[2:7])
     marks = [("MFR", t_mfr)] if t_mfr else []
     paused = steps.get("paused", (None, None))
     for phase in ("paused", "mtr_sent", "connected", "resumed"):
@@ -504,7 +513,7 @@ def main():
     say("   kernel counters a migration must never move, over the whole run: %s" % (", ".join(ever) or "none"))
     ca = {0: "Open", 1: "Disorder", 2: "CWR", 3: "Recovery", 4: "Loss"}
     inf = lambda x: "infinite" if x >= 2**31 - 1 else str(x)
-    say("   TCP_INFO before the MFR: state %d ca_state %s cwnd %d ssthresh %s total_retrans %d"
+    say("   TCP_INFO at the pause:   state %d ca_state %s cwnd %d ssthresh %s total_retrans %d"
         % (st_b, ca.get(ca_b, ca_b), cwnd_b, inf(ssth_b), retr_b))
     say("   TCP_INFO at the end:     state %d ca_state %s cwnd %d ssthresh %s total_retrans %d"
         % (st_a, ca.get(ca_a, ca_a), cwnd_a, inf(ssth_a), retr_a))

@@ -353,7 +353,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         let mut last_print = Instant::now();
         let mut last: Vec<WorkerSnapshot> = counters.iter().map(WorkerCounters::snapshot).collect();
         while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
+            // The slow path's tick: new control connections and the workers' migration events
+            // wait at most this long (a migration's pause is on the workers' clock, not this one).
+            std::thread::sleep(Duration::from_millis(1));
             if let Some(c) = &control {
                 c.poll();
             }

@@ -574,7 +574,7 @@ fn relay(stream: TcpStream, local: TcpStream, relays: &mut Relays) -> Result<(),
 fn find_connection(spec: &str) -> Result<(SocketAddrV4, SocketAddrV4), String> {
     let table = std::fs::read_to_string("/proc/net/tcp")
         .map_err(|e| format!("cannot read /proc/net/tcp: {e}"))?;
-    let conns: Vec<(SocketAddrV4, SocketAddrV4)> = table
+    let mut conns: Vec<(SocketAddrV4, SocketAddrV4)> = table
         .lines()
         .skip(1)
         .filter_map(|l| {
@@ -586,6 +586,10 @@ fn find_connection(spec: &str) -> Result<(SocketAddrV4, SocketAddrV4), String> {
             Some((proc_addr(f[1])?, proc_addr(f[2])?))
         })
         .collect();
+    // The kernel prints the table in chunks and may repeat a socket when the table changes
+    // between two reads: one 4-tuple is one connection.
+    conns.sort_unstable();
+    conns.dedup();
     let found: Vec<_> = if let Some((l, r)) = spec.split_once('-') {
         let l: SocketAddrV4 = l.parse().map_err(|_| format!("{l:?} is not IP:PORT"))?;
         let r: SocketAddrV4 = r.parse().map_err(|_| format!("{r:?} is not IP:PORT"))?;
