@@ -23,6 +23,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -212,7 +213,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            listen(&args.state, &table, *count)
+            listen(&args.state, table, *count)
         }
         Cmd::Migrate { connection, to } => migrate(&args.state, connection, to),
         Cmd::Show => show(&args.state),
@@ -388,7 +389,7 @@ fn hand(how: &str, wait: Duration) -> Result<Hand, String> {
 /// Per service (or any, `None`), where its connections go; the first match wins.
 type Routes = Vec<(Option<SocketAddrV4>, Hand)>;
 
-fn listen(state: &Path, routes: &Routes, count: u32) -> Result<ExitCode, String> {
+fn listen(state: &Path, routes: Routes, count: u32) -> Result<ExitCode, String> {
     let (s, key, proxy_key) = load(state)?;
     let listener = TcpListener::bind((s.address, s.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", s.address, s.port))?;
@@ -399,7 +400,10 @@ fn listen(state: &Path, routes: &Routes, count: u32) -> Result<ExitCode, String>
     let _ = std::io::stdout().flush();
     let mut fresh = Freshness::new(4096);
     let mut served = 0u32;
-    let mut relays = Relays::new();
+    let routes = Arc::new(routes);
+    // Serialises the read-modify-write of the connections taken over (flows.json).
+    let taken = Arc::new(Mutex::new(()));
+    let mut takeovers: Vec<std::thread::JoinHandle<()>> = Vec::new();
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(3)));
@@ -417,7 +421,7 @@ fn listen(state: &Path, routes: &Routes, count: u32) -> Result<ExitCode, String>
         };
         let route = routes
             .iter()
-            .find(|(svc, _)| svc.is_none_or(|s| s == mtr.service));
+            .position(|(svc, _)| svc.is_none_or(|s| s == mtr.service));
         let refuse = if !sealed.verify(&proxy_key) {
             Some("not signed by the proxy's key")
         } else if mtr.user != s.user || mtr.device != s.device {
@@ -445,65 +449,76 @@ fn listen(state: &Path, routes: &Routes, count: u32) -> Result<ExitCode, String>
             eprintln!("mtr migration={} refused: {why}", mtr.migration);
             continue;
         }
-        let t0 = Instant::now();
-        let remaining = Duration::from_millis(mtr.deadline_ms.saturating_sub(now_ms()).max(1));
-        let stream = match connect_from(
-            s.address,
-            mtr.connect,
-            remaining.min(Duration::from_secs(5)),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!(
-                    "mtr migration={} cannot connect to {}: {e}",
-                    mtr.migration, mtr.connect
-                );
-                continue;
-            }
-        };
-        let local = match stream.local_addr() {
-            Ok(SocketAddr::V4(a)) => a,
-            _ => continue,
-        };
-        let mut taken = load_taken(state);
-        taken
-            .flows
-            .insert(flow_key(local, mtr.connect), mtr.counter);
-        save_taken(state, &taken);
-        println!(
-            "mtr migration={} from={} service={} connected {} -> {} in {:.1} ms",
-            mtr.migration,
-            mtr.from,
-            mtr.service,
-            local,
-            mtr.connect,
-            t0.elapsed().as_secs_f64() * 1000.0
-        );
-        let _ = std::io::stdout().flush();
-        let Some((_, hand)) = route else { continue };
-        let handed = match hand {
-            Hand::Exec(cmd) => {
-                hand_to_command(stream, cmd, &mtr.service.to_string(), mtr.migration)
-            }
-            Hand::Local(l, wait) => {
-                accept_local(l, *wait).and_then(|app| relay(stream, app, &mut relays))
-            }
-            Hand::Forward(addr) => TcpStream::connect_timeout(addr, Duration::from_secs(3))
-                .map_err(|e| format!("cannot connect to the local application on {addr}: {e}"))
-                .and_then(|app| relay(stream, app, &mut relays)),
-        };
-        if let Err(e) = handed {
-            eprintln!("mtr migration={}: {e}", mtr.migration);
-        }
+        let Some(route) = route else { continue };
+        // Each take-over on its own thread: one application slow to connect to its local port
+        // does not hold up another migration to this device.
+        let (mtr, routes, taken, address) = (mtr.clone(), routes.clone(), taken.clone(), s.address);
+        let state = state.to_path_buf();
+        takeovers.push(std::thread::spawn(move || {
+            take_over(&state, address, &mtr, &routes[route].1, &taken);
+        }));
+        takeovers.retain(|h| !h.is_finished());
         served += 1;
         if count > 0 && served >= count {
             break;
         }
     }
+    for t in takeovers {
+        let _ = t.join();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the proxy's migration port for `mtr` and hands the connection to the route's
+/// application; returns when the application's relays (if any) are done.
+fn take_over(state: &Path, address: Ipv4Addr, mtr: &msg::Mtr, hand: &Hand, taken: &Mutex<()>) {
+    let t0 = Instant::now();
+    let remaining = Duration::from_millis(mtr.deadline_ms.saturating_sub(now_ms()).max(1));
+    let stream = match connect_from(address, mtr.connect, remaining.min(Duration::from_secs(5))) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "mtr migration={} cannot connect to {}: {e}",
+                mtr.migration, mtr.connect
+            );
+            return;
+        }
+    };
+    let Ok(SocketAddr::V4(local)) = stream.local_addr() else {
+        return;
+    };
+    {
+        let _one_writer = taken.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = load_taken(state);
+        t.flows.insert(flow_key(local, mtr.connect), mtr.counter);
+        save_taken(state, &t);
+    }
+    println!(
+        "mtr migration={} from={} service={} connected {} -> {} in {:.1} ms",
+        mtr.migration,
+        mtr.from,
+        mtr.service,
+        local,
+        mtr.connect,
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let _ = std::io::stdout().flush();
+    let mut relays = Relays::new();
+    let handed = match hand {
+        Hand::Exec(cmd) => hand_to_command(stream, cmd, &mtr.service.to_string(), mtr.migration),
+        Hand::Local(l, wait) => {
+            accept_local(l, *wait).and_then(|app| relay(stream, app, &mut relays))
+        }
+        Hand::Forward(addr) => TcpStream::connect_timeout(addr, Duration::from_secs(3))
+            .map_err(|e| format!("cannot connect to the local application on {addr}: {e}"))
+            .and_then(|app| relay(stream, app, &mut relays)),
+    };
+    if let Err(e) = handed {
+        eprintln!("mtr migration={}: {e}", mtr.migration);
+    }
     for r in relays {
         let _ = r.join();
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn hand_to_command(
