@@ -97,6 +97,9 @@ path, rate, samples = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 data = open(path, "rb").read()
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("198.19.0.2", 8080)); s.listen(4); c, peer = s.accept()
+# CUBIC, Linux's default congestion control (some hosts default to BBR, which keeps no
+# loss-based ssthresh to compare).
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"cubic")
 print("video server: connection from %s:%d (the proxy's SNAT address)" % peer, flush=True)
 req = b""
 while b"\r\n\r\n" not in req:
@@ -666,9 +669,9 @@ def main():
     say("   kernel counters a migration must never move, over the whole run: %s" % (", ".join(ever) or "none"))
     ca = {0: "Open", 1: "Disorder", 2: "CWR", 3: "Recovery", 4: "Loss"}
     inf = lambda x: "infinite" if x >= 2**31 - 1 else str(x)
-    say("   TCP_INFO at the pause:   state %d ca_state %s cwnd %d ssthresh %s total_retrans %d"
+    say("   TCP_INFO (CUBIC) at the pause: state %d ca_state %s cwnd %d ssthresh %s total_retrans %d"
         % (st_b, ca.get(ca_b, ca_b), cwnd_b, inf(ssth_b), retr_b))
-    say("   TCP_INFO at the end:     state %d ca_state %s cwnd %d ssthresh %s total_retrans %d"
+    say("   TCP_INFO (CUBIC) at the end:   state %d ca_state %s cwnd %d ssthresh %s total_retrans %d"
         % (st_a, ca.get(ca_a, ca_a), cwnd_a, inf(ssth_a), retr_a))
     say("   video: server sent sha256 %s" % want)
     say("          phone up to byte %s + PC after it, body sha256 %s" % (resume, got))
