@@ -18,7 +18,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::bed::*;
-use common::{must, Netns, Proxy};
+use common::{must, run, Netns, Proxy};
 
 /// Connects to `addr:port`, checks every byte against the pattern from `start`; with `stop`,
 /// its application consumes exactly that many bytes (prints `consumed <n>`), then the socket
@@ -770,4 +770,195 @@ fn write_rules(b: &Bed, rule: &str) -> String {
     )
     .unwrap();
     path.to_str().unwrap().to_owned()
+}
+
+/// A capture (tcpdump) on the server's interface, in its namespace.
+struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+/// One TCP segment of the server's connection: time (s), sent by the server, seq, ack,
+/// window field, payload length.
+struct Seg {
+    t: f64,
+    out: bool,
+    seq: u32,
+    win: u16,
+    len: u32,
+}
+
+impl Capture {
+    fn start(b: &Bed) -> Capture {
+        let file = b.dir.0.join("server.pcap");
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &b.server.name,
+                "tcpdump",
+                "-i",
+                "eth0",
+                "-s",
+                "128",
+            ])
+            .args(["-U", "-n", "-w", file.to_str().unwrap(), "tcp port 8080"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tcpdump (scripts/setup.sh installs it)");
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        use std::io::BufRead;
+        while err.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+        assert!(line.contains("listening on"), "tcpdump did not start");
+        Capture { child, file }
+    }
+
+    /// Stops the capture; the server's segments.
+    fn stop(mut self) -> Vec<Seg> {
+        let _ = run("kill", &["-TERM", &self.child.id().to_string()]);
+        let _ = self.child.wait();
+        let data = std::fs::read(&self.file).unwrap_or_default();
+        let (mut i, mut segs) = (24, Vec::new());
+        let u32le = |d: &[u8], at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
+        let be16 = |d: &[u8], at: usize| u16::from_be_bytes(d[at..at + 2].try_into().unwrap());
+        let be32 = |d: &[u8], at: usize| u32::from_be_bytes(d[at..at + 4].try_into().unwrap());
+        while i + 16 <= data.len() {
+            let (sec, usec, caplen) = (u32le(&data, i), u32le(&data, i + 4), u32le(&data, i + 8));
+            let f = &data[i + 16..(i + 16 + caplen as usize).min(data.len())];
+            i += 16 + caplen as usize;
+            if f.len() < 54 || f[12..14] != [8, 0] || f[23] != 6 {
+                continue;
+            }
+            let ihl = usize::from(f[14] & 15) * 4;
+            let t = 14 + ihl;
+            let hl = u32::from(f[t + 12] >> 4) * 4;
+            segs.push(Seg {
+                t: f64::from(sec) + f64::from(usec) / 1e6,
+                out: be16(f, t) == 8080,
+                seq: be32(f, t + 4),
+                win: be16(f, t + 14),
+                len: u32::from(be16(f, 16)) - ihl as u32 - hl,
+            });
+        }
+        segs
+    }
+}
+
+/// The time the server first received a zero window, when it was opened again, and the times
+/// of the data segments it sent again (their end not beyond what it had sent).
+fn freeze_and_resends(segs: &[Seg]) -> (Option<f64>, Option<f64>, Vec<f64>) {
+    let zero = segs.iter().find(|s| !s.out && s.win == 0).map(|s| s.t);
+    let opened = zero.and_then(|z| {
+        segs.iter()
+            .find(|s| !s.out && s.t > z && s.win > 0)
+            .map(|s| s.t)
+    });
+    let (mut top, mut again) = (None::<u32>, Vec::new());
+    for s in segs.iter().filter(|s| s.out && s.len > 0) {
+        let end = s.seq.wrapping_add(s.len);
+        match top {
+            // `end` at or before `t`, in sequence space.
+            Some(t) if t.wrapping_sub(end) < 1 << 31 => again.push(s.t),
+            _ => top = Some(end),
+        }
+    }
+    (zero, opened, again)
+}
+
+#[test]
+fn migrate_under_loss_on_the_phone_link() {
+    let b = bed("l", &[]);
+    // 1% of the segments toward the phone are lost before its TCP sees them.
+    let rules = write_rules(
+        &b,
+        "ip saddr 198.18.0.10 tcp sport 80 numgen random mod 1000 < 10 counter drop",
+    );
+    let o = b.phone.exec(&["nft", "-f", &rules]);
+    assert!(
+        o.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut proxy = Proxy::start(&b.cfg, &[]);
+    let cap = Capture::start(&b);
+    let total: u64 = 16 << 20;
+    let samples = b.dir.0.join("tcp_info");
+    let mut srv = server_app(
+        &b,
+        INFO_SERVER,
+        &[&total.to_string(), samples.to_str().unwrap()],
+    );
+    let start = counters(&b.server);
+    let files: Vec<_> = ["phone", "pc"].iter().map(|n| b.dir.0.join(n)).collect();
+    let mut ph = drain(&b.phone, 80, &files[0]);
+    let port = line_from(&mut ph, "port");
+    wait_size(&files[0], 4 << 20);
+    let m = migrate(&b.sock, &format!("198.18.0.1:{port}"), 80);
+    let mut pc = drain(&b.pc, m, &files[1]);
+    let _ = line_from(&mut pc, "port");
+    proxy.wait_for(" resumed ", Duration::from_secs(20));
+    assert!(
+        srv.wait().unwrap().success(),
+        "the server's application saw an error"
+    );
+    for mut c in [ph, pc] {
+        let _ = c.wait();
+    }
+    let end = counters(&b.server);
+    let segs = cap.stop();
+    let out = proxy.stop();
+    let last = *tcp_info(&samples).last().unwrap();
+
+    let r = resume_offsets(&out);
+    assert_eq!(r.len(), 1, "one migration:\n{out}");
+    let phone = std::fs::read(&files[0]).unwrap();
+    let pc = std::fs::read(&files[1]).unwrap();
+    let cut = usize::try_from(r[0]).unwrap();
+    assert!(
+        phone.len() >= cut,
+        "the phone holds less than the resume point\n{out}"
+    );
+    assert_eq!(pattern_from(&phone[..cut], 0), Ok(()));
+    assert_eq!(pattern_from(&pc, r[0]), Ok(()), "the PC's stream");
+    assert_eq!(r[0] + pc.len() as u64, total, "the PC got the rest\n{out}");
+
+    // From the server's interface: the lossy link made it retransmit before the freeze; the
+    // freeze's ACK covered whatever the phone had lost, so nothing was sent again while frozen.
+    let (zero, opened, again) = freeze_and_resends(&segs);
+    let (Some(zero), Some(opened)) = (zero, opened) else {
+        panic!(
+            "the capture shows no freeze ({} segments)\n{out}",
+            segs.len()
+        );
+    };
+    assert!(
+        again.iter().any(|&t| t < zero),
+        "1% loss before the freeze and no retransmission: is the loss rule in place?"
+    );
+    let frozen: Vec<f64> = again
+        .iter()
+        .filter(|&&t| t >= zero && t <= opened)
+        .map(|t| (t - zero) * 1e3)
+        .collect();
+    assert!(
+        frozen.is_empty(),
+        "the server sent segments again while frozen, at {frozen:?} ms\n{out}"
+    );
+    let ever = unchanged(&start, &end, &NEVER);
+    assert!(ever.is_empty(), "{ever:?}\n{out}");
+    assert_eq!(last[0], 1, "not ESTABLISHED at the end: {last:?}");
+    assert_eq!(
+        last[1], 0,
+        "congestion state at the end is not Open: {last:?}"
+    );
+    println!(
+        "frozen {:.1} ms; {} segments sent again before the freeze, {} after it reopened",
+        (opened - zero) * 1e3,
+        again.iter().filter(|&&t| t < zero).count(),
+        again.iter().filter(|&&t| t > opened).count()
+    );
 }
