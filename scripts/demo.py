@@ -536,6 +536,12 @@ def main():
     pcchat = spawn(nsx(C, "python3", "-c", CHAT_CLIENT, "local", str(said), "20", os.path.join(WORK, "never")),
                    stdout=subprocess.PIPE, text=True)
 
+    # The PC's round trip to the appliance: what its handshake with the migration port costs.
+    pinged = subprocess.run(nsx(C, "ping", "-n", "-q", "-c", "10", "-i", "0.02", "198.18.0.10"),
+                            capture_output=True, text=True).stdout
+    m = re.search(r"= [\d.]+/([\d.]+)/", pinged)
+    pc_rtt = float(m.group(1)) if m else None
+
     say("== the phone's agent moves both connections to the PC (tsmp-agent migrate PORT --to pc)")
     mv = spawn(agent(P, "phone", "migrate", vport, "--to", "pc"), stdout=subprocess.PIPE,
                stderr=subprocess.STDOUT, text=True)
@@ -655,6 +661,13 @@ def main():
         pause_ms = steps["resumed"][1] - paused[1]
         say("   the server was frozen for %.1f ms; MFR to resumed %.1f ms (checks, naming server, MTR, "
             "the PC's handshake, cache flushed)" % (pause_ms, paused[0] + pause_ms))
+    def worker_pause(lines):
+        t = {m.group(1): float(m.group(2)) for l in lines if (m := re.search(r" (paused|resumed) t=([\d.]+)ms", l))}
+        return t["resumed"] - t["paused"] if len(t) == 2 else None
+    vp, cp = worker_pause(vout), worker_pause(cout)
+    if vp is not None and cp is not None and pc_rtt:
+        say("   pauses (worker's clock): video %.1f ms, chat %.1f ms; the PC's round trip to the appliance "
+            "(ping): %.2f ms" % (vp, cp, pc_rtt))
     if zero is not None and opened is not None:
         say("   Alice's interface (capture in her namespace): zero window at %.1f ms after the MFR, "
             "reopened %.1f ms later" % ((zero - t_mfr) * 1000, (opened - zero) * 1000))

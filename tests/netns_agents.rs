@@ -260,6 +260,7 @@ fn stream_moves(tag: &str, local: bool) {
         total.to_string(),
         "the server's application saw an error"
     );
+    assert_server_open_at_end(&p.b);
 
     // The two applications' bytes, concatenated, are the server's stream.
     let a = read_file(&phone_out);
@@ -280,6 +281,7 @@ fn stream_moves(tag: &str, local: bool) {
     let moved = unchanged(&before, &after, &NEVER);
     assert!(moved.is_empty(), "server-side counters moved: {moved:?}");
     let (out, s) = p.stop();
+    print_pauses("stream_moves", &out);
     assert!(out.contains("mfr migration=1"), "{out}");
     assert_eq!(s["control"]["mfr_accepted"], 1, "{s:#}");
     assert_eq!(s["control"]["mtr_sent"], 1, "{s:#}");

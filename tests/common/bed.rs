@@ -10,14 +10,27 @@ use std::time::Duration;
 use super::{must, run, Netns, TempDir, Veth};
 
 /// Streams `total` bytes of the pattern `i % 251`, paced, then closes; prints `sent <n>`.
+/// The socket uses CUBIC (Linux's default; this host may default to BBR, which keeps no
+/// loss-based ssthresh) and its TCP_INFO is recorded every 5 ms into `argv[2]`:
+/// `time state ca_state cwnd ssthresh total_retrans`, with a last line after the end.
 pub const SERVER: &str = r#"
-import socket, sys, time
-total = int(sys.argv[1])
+import socket, struct, sys, threading, time
+total, samples = int(sys.argv[1]), open(sys.argv[2], "w", buffering=1)
 pat = bytes(i % 251 for i in range(251 * 1024))
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("198.19.0.2", 8080)); s.listen(1)
 c, _ = s.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"cubic")
+done = False
+def info():
+    b = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+    u = struct.unpack_from("24I", b, 8)
+    return "%.4f %d %d %d %d %d" % (time.time(), b[0], b[1], u[18], u[17], u[23])
+def sample():
+    while not done:
+        samples.write(info() + "\n"); time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
 sent = 0
 while sent < total:
     n = min(65536, total - sent)
@@ -25,6 +38,9 @@ while sent < total:
     c.sendall(pat[off:off + n])
     sent += n
     time.sleep(0.004)
+time.sleep(0.3)
+done = True; time.sleep(0.02)
+samples.write(info() + "\n")
 c.close()
 print("sent", sent, flush=True)
 "#;
@@ -247,7 +263,45 @@ print("done", n, flush=True)
 "#;
 
 pub fn start_server(b: &Bed, total: u64) -> Child {
-    server_app(b, SERVER, &[&total.to_string()])
+    let samples = b.dir.0.join("tcp_info");
+    server_app(b, SERVER, &[&total.to_string(), samples.to_str().unwrap()])
+}
+
+/// ssthresh of a socket that never left slow start.
+pub const INFINITE_SSTHRESH: u64 = 0x7fff_ffff;
+
+/// `[state, ca_state, cwnd, ssthresh, total_retrans]` of every TCP_INFO sample of
+/// [`start_server`]'s socket so far.
+pub fn server_tcp_info(b: &Bed) -> Vec<[u64; 5]> {
+    std::fs::read_to_string(b.dir.0.join("tcp_info"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            <[u64; 5]>::try_from(v).ok()
+        })
+        .collect()
+}
+
+/// After [`start_server`]'s application finished: its socket was still established and in
+/// congestion state Open (not Disorder, CWR, Recovery or Loss); the last sample.
+pub fn assert_server_open_at_end(b: &Bed) -> [u64; 5] {
+    let last = *server_tcp_info(b)
+        .last()
+        .expect("no TCP_INFO sample from the server");
+    assert_eq!(
+        last[0], 1,
+        "the server's socket is not ESTABLISHED at the end: {last:?}"
+    );
+    assert_eq!(
+        last[1], 0,
+        "the server's congestion state at the end is not Open: {last:?}"
+    );
+    last
 }
 
 pub fn drain(ns: &Netns, port: u64, file: &std::path::Path) -> Child {
@@ -294,4 +348,57 @@ pub fn unchanged(
         .filter(|k| a.get(**k) != b.get(**k))
         .map(|k| format!("{k} {:?} -> {:?}", a.get(*k), b.get(*k)))
         .collect()
+}
+
+/// Each migration's pause from the proxy's log, on the owning worker's clock:
+/// `(paused -> connected, connected -> resumed)` in ms, in the order they resumed (a flow
+/// that went back to its old device: `(paused -> resumed, 0)`). The first
+/// part waits for the new device (in these tests, a program started after the request), the
+/// second is its handshake's last step, the replay and the splice.
+pub fn pauses(out: &str) -> Vec<(f64, f64)> {
+    let mut open: std::collections::HashMap<String, (f64, Option<f64>)> = Default::default();
+    let mut done = Vec::new();
+    for l in out.lines().filter(|l| l.starts_with("migration worker=")) {
+        let mut f = l.split_whitespace();
+        let key = format!("{} {}", f.nth(1).unwrap_or(""), f.next().unwrap_or(""));
+        let (Some(ev), Some(t)) = (
+            f.next(),
+            f.next()
+                .and_then(|t| t.strip_prefix("t="))
+                .and_then(|t| t.strip_suffix("ms"))
+                .and_then(|t| t.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        match ev {
+            "paused" => {
+                open.insert(key, (t, None));
+            }
+            "connected" => {
+                if let Some(p) = open.get_mut(&key) {
+                    p.1 = Some(t);
+                }
+            }
+            "resumed" => match open.remove(&key) {
+                Some((p, Some(c))) => done.push((c - p, t - c)),
+                // Back to the old device (the new one never came): all of it was waiting.
+                Some((p, None)) => done.push((t - p, 0.0)),
+                None => {}
+            },
+            _ => {}
+        }
+    }
+    done
+}
+
+/// Prints [`pauses`] as one line (for the README's table).
+pub fn print_pauses(test: &str, out: &str) {
+    let p = pauses(out);
+    let max = |f: fn(&(f64, f64)) -> f64| p.iter().map(f).fold(0.0f64, f64::max);
+    println!(
+        "pause {test}: {} migration(s); waiting for the new device up to {:.1} ms; handshake, replay and splice up to {:.1} ms",
+        p.len(),
+        max(|x| x.0),
+        max(|x| x.1)
+    );
 }
