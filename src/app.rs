@@ -13,7 +13,9 @@ use serde::Serialize;
 
 use crate::agents::{AgentCounters, AgentPlane, AgentSettings, AgentSnapshot};
 use crate::config::{Config, Mode, RssMode};
-use crate::control::{describe_event, CommandRings, ControlServer, EventRing, Workers};
+use crate::control::{
+    describe_event, CommandRings, ControlServer, EventRing, Live, MigrationLog, Workers,
+};
 use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
 use crate::migrate::cache::Budget;
 use crate::proxy::ProxyCore;
@@ -347,53 +349,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         cfg.dataplane.mode
     );
 
-    let started = Instant::now();
-    let interval = cfg.control.stats_interval_s;
-    eal.run(&stop, jobs, || {
-        let mut last_print = Instant::now();
-        let mut last: Vec<WorkerSnapshot> = counters.iter().map(WorkerCounters::snapshot).collect();
-        while !stop.load(Ordering::Relaxed) {
-            // The slow path's tick: new control connections and the workers' migration events
-            // wait at most this long (a migration's pause is on the workers' clock, not this one).
-            std::thread::sleep(Duration::from_millis(1));
-            if let Some(c) = &control {
-                c.poll();
-            }
-            if let Some(a) = agents.as_mut() {
-                a.poll();
-            }
-            while let Some((w, flow, ev)) = events.pop() {
-                println!("migration worker={w} flow={flow} {}", describe_event(&ev));
-                if let Some(a) = agents.as_mut() {
-                    a.on_event(w, flow, ev);
-                }
-            }
-            if opts.run_for.is_some_and(|d| started.elapsed() >= d) {
-                break;
-            }
-            if interval > 0 && last_print.elapsed() >= Duration::from_secs(u64::from(interval)) {
-                let dt = last_print.elapsed().as_secs_f64();
-                for (i, c) in counters.iter().enumerate() {
-                    let now = c.snapshot();
-                    let pps = (now.rx_pkts - last[i].rx_pkts) as f64 / dt;
-                    let bps = (now.rx_bytes - last[i].rx_bytes) as f64 * 8.0 / dt;
-                    println!(
-                        "worker {i}: {:.3} Mpps {:.3} Gbit/s rx={} tx={} tx_dropped={} cycles/pkt={:.0}",
-                        pps / 1e6,
-                        bps / 1e9,
-                        now.rx_pkts,
-                        now.tx_pkts,
-                        now.tx_dropped,
-                        now.cycles_per_packet()
-                    );
-                    last[i] = now;
-                }
-                last_print = Instant::now();
-            }
-        }
-    })?;
-
-    let report = FinalStats {
+    let has_agents = agents.is_some();
+    let build_report = || FinalStats {
         ports: ports
             .iter()
             .map(|p| {
@@ -426,9 +383,62 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             Vec::new()
         },
         mempool_in_use: pool.in_use(),
-        control: agents.as_ref().map(|_| agent_counters.snapshot()),
+        control: has_agents.then(|| agent_counters.snapshot()),
         tsc_hz: hz,
     };
+    let started = Instant::now();
+    let interval = cfg.control.stats_interval_s;
+    let mut log = MigrationLog::new(cfg.control.migration_history);
+    eal.run(&stop, jobs, || {
+        let mut last_print = Instant::now();
+        let mut last: Vec<WorkerSnapshot> = counters.iter().map(WorkerCounters::snapshot).collect();
+        while !stop.load(Ordering::Relaxed) {
+            // The slow path's tick: new control connections and the workers' migration events
+            // wait at most this long (a migration's pause is on the workers' clock, not this one).
+            std::thread::sleep(Duration::from_millis(1));
+            if let Some(c) = &control {
+                let stats = || serde_json::to_value(build_report()).unwrap_or_default();
+                c.poll(&Live {
+                    stats: &stats,
+                    log: &log,
+                });
+            }
+            if let Some(a) = agents.as_mut() {
+                a.poll();
+            }
+            while let Some((w, flow, ev)) = events.pop() {
+                println!("migration worker={w} flow={flow} {}", describe_event(&ev));
+                log.on_event(w, flow, &ev, crate::msg::now_ms());
+                if let Some(a) = agents.as_mut() {
+                    a.on_event(w, flow, ev);
+                }
+            }
+            if opts.run_for.is_some_and(|d| started.elapsed() >= d) {
+                break;
+            }
+            if interval > 0 && last_print.elapsed() >= Duration::from_secs(u64::from(interval)) {
+                let dt = last_print.elapsed().as_secs_f64();
+                for (i, c) in counters.iter().enumerate() {
+                    let now = c.snapshot();
+                    let pps = (now.rx_pkts - last[i].rx_pkts) as f64 / dt;
+                    let bps = (now.rx_bytes - last[i].rx_bytes) as f64 * 8.0 / dt;
+                    println!(
+                        "worker {i}: {:.3} Mpps {:.3} Gbit/s rx={} tx={} tx_dropped={} cycles/pkt={:.0}",
+                        pps / 1e6,
+                        bps / 1e9,
+                        now.rx_pkts,
+                        now.tx_pkts,
+                        now.tx_dropped,
+                        now.cycles_per_packet()
+                    );
+                    last[i] = now;
+                }
+                last_print = Instant::now();
+            }
+        }
+    })?;
+
+    let report = build_report();
     for p in &report.ports {
         println!(
             "port {:<8} rx={} tx={} rx_missed={} tx_errors={}",

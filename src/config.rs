@@ -469,6 +469,9 @@ pub struct ControlConfig {
     /// Seconds between counter lines on stdout (0: none).
     #[serde(default)]
     pub stats_interval_s: u32,
+    /// Ended migrations the slow path remembers for `migrations` and `flow` (bounded).
+    #[serde(default = "default_migration_history")]
+    pub migration_history: usize,
     /// Address and port the device agents send MFRs to: one of the ports' `ip` addresses,
     /// reached through the exception path (needs `[exception]`). Unset: no agent control.
     #[serde(default)]
@@ -494,6 +497,7 @@ impl Default for ControlConfig {
         Self {
             cli_socket: default_cli_socket(),
             stats_interval_s: 0,
+            migration_history: default_migration_history(),
             agents: None,
             names: None,
             zone: default_zone(),
@@ -553,6 +557,9 @@ fn default_zone() -> String {
 }
 fn default_proxy_key() -> PathBuf {
     PathBuf::from("/var/lib/tsmp/proxy.key")
+}
+fn default_migration_history() -> usize {
+    1024
 }
 fn default_agent_connections() -> u32 {
     32
@@ -1056,6 +1063,12 @@ impl Config {
         }
 
         let c = &self.control;
+        if !(1..=1_000_000).contains(&c.migration_history) {
+            return err(
+                "control.migration_history",
+                format!("{} is outside 1..=1000000", c.migration_history),
+            );
+        }
         if let Some(a) = c.agents {
             if self.exception.is_none() {
                 return err(

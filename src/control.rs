@@ -5,18 +5,31 @@
 //! the owning worker's bounded lock-free ring, the worker answers on the command's own reply
 //! channel, and migration progress comes back as events on a shared ring.
 //!
-//! Requests (version 1):
+//! Requests (version 1), each one JSON line; the answer is `{"ok": ...}` or `{"error": "..."}`
+//! with what to do:
 //!
 //! ```text
 //! {"migrate": {"client": "198.18.0.1:40000", "vip": "198.18.0.10:80", "offset": 123456}}
-//!   -> {"ok": {"worker": 0, "flow": 3, "device": 1, "migration_port": 40001}}
-//!   -> {"error": "resume offset 10 is no longer cached (...)"}
+//!   -> {"ok": {"worker": 0, "flow": 3, "device": 1, "migration_port": 40001, "service": "..."}}
+//! {"flows": {"filter": {"state": "ESTABLISHED", "client": "198.18.0.1:0", "server": "...",
+//!            "device": 1, "migrating": true}, "sort": "id|age|client|server|cache|state",
+//!            "offset": 0, "limit": 100}}
+//!   -> {"ok": {"total": 1, "offset": 0, "items": [FlowInfo, ...]}}
+//! {"flow": {"id": "0:3"}}  or  {"flow": {"client": "198.18.0.1:40000", "vip": "198.18.0.10:80"}}
+//!   -> {"ok": {"flow": FlowInfo, "engine": ["line", ...], "migrations": [MigrationRecord, ...]}}
+//! {"stats": {}}       -> {"ok": the counters, as --stats-json writes them}
+//! {"migrations": {}}  -> {"ok": {"active": [...], "recent": [...], "pause_ms": {"count", "p50",
+//!                         "p90", "p99", "max"}}}
 //! ```
 //!
 //! `offset` (optional) is the application's consumed byte offset; without it the flow resumes
 //! at the old device's last acknowledged byte. The target device then connects to the VIP on
-//! `migration_port`. (Authentication of requests and the naming server come with the control
-//! plane; this socket is the operator's, protected by its file permissions.)
+//! `migration_port`. The socket is the operator's, protected by its file permissions.
+//!
+//! Invariants: the slow path never reads a worker's table; a listing is answered by each worker
+//! in pages of at most [`SCAN_SLOTS`] slots between its bursts, so listing a million flows
+//! costs forwarding a series of short pauses, never a long one; the migration log is bounded
+//! (`[control] migration_history`).
 #![forbid(unsafe_code)]
 
 use std::collections::hash_map::RandomState;
@@ -92,6 +105,133 @@ pub enum Command {
         /// Where the worker answers.
         reply: SyncSender<Result<Migrating, Refusal>>,
     },
+    /// A page of the worker's flows matching `filter`, scanning at most [`SCAN_SLOTS`] slots
+    /// from `cursor`; the answer carries the next cursor (`None`: the table is done).
+    Flows {
+        /// Which flows.
+        filter: FlowFilter,
+        /// The first slot to look at.
+        cursor: u32,
+        /// Where the worker answers.
+        reply: SyncSender<FlowPage>,
+    },
+    /// One flow in detail.
+    Flow {
+        /// Its slot.
+        slot: u32,
+        /// Where the worker answers (`None`: no live flow there).
+        reply: SyncSender<Option<FlowDetail>>,
+    },
+}
+
+/// Slots a worker scans for one [`Command::Flows`]: the bound on the time one snapshot
+/// request takes from forwarding (tens of microseconds).
+pub const SCAN_SLOTS: u32 = 16384;
+
+/// What `flows` selects (every field optional; all given must hold). Applied by the owning
+/// worker while it scans, so only matching flows cross to the slow path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowFilter {
+    /// Tracking state (`ESTABLISHED`, `SYN_SENT`, ...), by [`crate::proxy::flow::TcpState::name`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::proxy::flow::TcpState>,
+    /// The device's address, and port when not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<SocketAddrV4>,
+    /// The backend's address, and port when not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<SocketAddrV4>,
+    /// The device generation holding the flow (0: the device that opened it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<u32>,
+    /// Only flows being migrated (paused or resuming), or only the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrating: Option<bool>,
+}
+
+impl FlowFilter {
+    /// Whether `f` is selected.
+    pub fn matches(&self, f: &FlowInfo) -> bool {
+        let addr = |want: Option<SocketAddrV4>, have: SocketAddrV4| {
+            want.is_none_or(|w| w.ip() == have.ip() && (w.port() == 0 || w.port() == have.port()))
+        };
+        self.state.is_none_or(|s| s.name() == f.state)
+            && addr(self.client, f.client)
+            && addr(self.server, f.backend)
+            && self.device.is_none_or(|d| d == f.device)
+            && self.migrating.is_none_or(|m| m == f.migrating)
+    }
+}
+
+/// A worker's answer to [`Command::Flows`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FlowPage {
+    /// The matching flows of the scanned slots.
+    pub flows: Vec<FlowInfo>,
+    /// Where to continue, if the table is not done.
+    pub next: Option<u32>,
+}
+
+/// One leg's TCP options, as its SYN announced them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegInfo {
+    /// MSS (after clamping), 0 if absent.
+    pub mss: u16,
+    /// Window-scale shift, if offered.
+    pub wscale: Option<u8>,
+    /// SACK permitted.
+    pub sack: bool,
+    /// Timestamps.
+    pub ts: bool,
+}
+
+/// A flow as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// `worker:slot`, the flow's name for `flow` and `migrate`.
+    pub id: String,
+    /// The owning worker.
+    pub worker: usize,
+    /// The slot in its table.
+    pub slot: u32,
+    /// The device's end.
+    pub client: SocketAddrV4,
+    /// The service address (or migration port) the device talks to.
+    pub vip: SocketAddrV4,
+    /// The backend.
+    pub backend: SocketAddrV4,
+    /// The proxy's source address and port toward the backend.
+    pub snat: SocketAddrV4,
+    /// Tracking state.
+    pub state: String,
+    /// Time since the flow's SYN, ms (timing-wheel resolution).
+    pub age_ms: u64,
+    /// Time until the idle timeout, ms.
+    pub expires_ms: u64,
+    /// The device generation that holds it (0: the one that opened it).
+    pub device: u32,
+    /// The migration engine's phase (`forwarding`, `paused`, `resuming`, ...), `none` without
+    /// an engine.
+    pub phase: String,
+    /// Paused or resuming.
+    pub migrating: bool,
+    /// Bytes the flow's caches hold (both directions).
+    pub cache_bytes: u64,
+    /// The device leg's options.
+    pub client_opts: LegInfo,
+    /// The server leg's options.
+    pub server_opts: LegInfo,
+}
+
+/// One flow in detail: [`FlowInfo`] and the engine's own account (legs, sequence offsets,
+/// window scales, caches).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowDetail {
+    /// The summary.
+    pub flow: FlowInfo,
+    /// The migration engine's description, one item per line.
+    pub engine: Vec<String>,
 }
 
 /// Command rings, by worker.
@@ -109,12 +249,55 @@ enum Request {
         #[serde(default)]
         offset: Option<u64>,
     },
+    Flows {
+        #[serde(default)]
+        filter: FlowFilter,
+        #[serde(default)]
+        sort: Sort,
+        #[serde(default)]
+        offset: usize,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
+    Flow {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        client: Option<SocketAddrV4>,
+        #[serde(default)]
+        vip: Option<SocketAddrV4>,
+    },
+    Stats {},
+    Migrations {},
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// The order of a `flows` listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Sort {
+    /// Worker, then slot.
+    #[default]
+    Id,
+    /// Oldest first.
+    Age,
+    /// By the device's address and port.
+    Client,
+    /// By the backend's address and port.
+    Server,
+    /// Largest caches first.
+    Cache,
+    /// By tracking state.
+    State,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum Reply {
-    Ok(Migrating),
+    Ok(serde_json::Value),
     Error(String),
 }
 
@@ -156,6 +339,42 @@ impl Workers {
         }
     }
 
+    /// Sends worker `w` the command `make` builds around a reply channel, and waits for the
+    /// answer.
+    fn ask<T>(&self, w: usize, make: impl FnOnce(SyncSender<T>) -> Command) -> Result<T, String> {
+        let ring = self.rings.get(w).ok_or_else(|| format!("no worker {w}"))?;
+        let (tx, rx) = sync_channel(1);
+        if ring.push(make(tx)).is_err() {
+            return Err(format!("worker {w} is busy; retry"));
+        }
+        rx.recv_timeout(Duration::from_secs(2))
+            .map_err(|_| format!("worker {w} did not answer"))
+    }
+
+    /// The flows `filter` selects, from every worker, page by page (each page bounded work
+    /// for the worker, between its bursts).
+    pub fn flows(&self, filter: FlowFilter) -> Result<Vec<FlowInfo>, String> {
+        let mut all = Vec::new();
+        for w in 0..self.rings.len() {
+            let mut cursor = Some(0);
+            while let Some(c) = cursor {
+                let page = self.ask(w, |reply| Command::Flows {
+                    filter,
+                    cursor: c,
+                    reply,
+                })?;
+                all.extend(page.flows);
+                cursor = page.next;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Flow `slot` of worker `w`, in detail.
+    pub fn flow(&self, w: usize, slot: u32) -> Result<Option<FlowDetail>, String> {
+        self.ask(w, |reply| Command::Flow { slot, reply })
+    }
+
     /// Asks the owning worker to start a migration.
     pub fn migrate(&self, r: MigrateRequest) -> Result<Migrating, Refusal> {
         // A flow that migrated before talks to a migration port, owned by the worker that
@@ -166,31 +385,15 @@ impl Workers {
         } else {
             ProxyCore::owner_of(&self.hasher, self.rings.len(), r.client, r.vip)
         };
-        let (tx, rx) = sync_channel(1);
-        let cmd = Command::Migrate {
+        self.ask(w, |reply| Command::Migrate {
             client: r.client,
             vip: r.vip,
             offset: r.offset,
             counter: r.counter,
             expect: r.expect,
-            reply: tx,
-        };
-        let Some(ring) = self.rings.get(w) else {
-            return Err(Refusal::new(Reason::Busy, "no worker"));
-        };
-        if ring.push(cmd).is_err() {
-            return Err(Refusal::new(
-                Reason::Busy,
-                format!("worker {w} is busy; retry"),
-            ));
-        }
-        match rx.recv_timeout(Duration::from_secs(2)) {
-            Ok(r) => r,
-            Err(_) => Err(Refusal::new(
-                Reason::Busy,
-                format!("worker {w} did not answer"),
-            )),
-        }
+            reply,
+        })
+        .map_err(|e| Refusal::new(Reason::Busy, e))?
     }
 }
 
@@ -236,32 +439,37 @@ impl ControlServer {
     }
 
     /// Serves the connections waiting now (each: one request, one reply), without blocking
-    /// when there are none.
-    pub fn poll(&self) {
+    /// when there are none. `live` answers what the slow path itself knows.
+    pub fn poll(&self, live: &Live<'_>) {
         while let Ok((stream, _)) = self.listener.accept() {
-            let _ = self.serve(stream);
+            let _ = self.serve(stream, live);
         }
     }
 
-    fn serve(&self, mut stream: UnixStream) -> std::io::Result<()> {
+    fn serve(&self, mut stream: UnixStream, live: &Live<'_>) -> std::io::Result<()> {
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
         let mut line = String::new();
         BufReader::new((&stream).take(MAX_REQUEST as u64)).read_line(&mut line)?;
         let reply = match serde_json::from_str::<Request>(line.trim()) {
             Err(e) => Reply::Error(format!(
-                "bad request ({e}); expected one JSON line such as \
+                "bad request ({e}); expected one JSON line such as {{\"flows\": {{}}}}, \
+                 {{\"stats\": {{}}}} or \
                  {{\"migrate\": {{\"client\": \"198.18.0.1:40000\", \"vip\": \"198.18.0.10:80\"}}}}"
             )),
-            Ok(req) => self.dispatch(req),
+            Ok(req) => self.dispatch(req, live),
         };
         let mut out = serde_json::to_string(&reply).unwrap_or_default();
         out.push('\n');
         stream.write_all(out.as_bytes())
     }
 
-    fn dispatch(&self, req: Request) -> Reply {
+    fn dispatch(&self, req: Request, live: &Live<'_>) -> Reply {
+        let json = |v: Result<serde_json::Value, String>| match v {
+            Ok(v) => Reply::Ok(v),
+            Err(e) => Reply::Error(e),
+        };
         match req {
             Request::Migrate {
                 client,
@@ -274,10 +482,242 @@ impl ControlServer {
                 counter: None,
                 expect: None,
             }) {
-                Ok(m) => Reply::Ok(m),
+                Ok(m) => json(serde_json::to_value(m).map_err(|e| e.to_string())),
                 Err(r) => Reply::Error(r.detail),
             },
+            Request::Flows {
+                filter,
+                sort,
+                offset,
+                limit,
+            } => json(self.flows(filter, sort, offset, limit)),
+            Request::Flow { id, client, vip } => json(self.flow(id, client, vip, live)),
+            Request::Stats {} => Reply::Ok((live.stats)()),
+            Request::Migrations {} => {
+                json(serde_json::to_value(live.log.report()).map_err(|e| e.to_string()))
+            }
         }
+    }
+
+    fn flows(
+        &self,
+        filter: FlowFilter,
+        sort: Sort,
+        offset: usize,
+        limit: usize,
+    ) -> Result<serde_json::Value, String> {
+        let mut all = self.workers.flows(filter)?;
+        match sort {
+            Sort::Id => {}
+            Sort::Age => all.sort_by_key(|f| std::cmp::Reverse(f.age_ms)),
+            Sort::Client => all.sort_by_key(|f| f.client),
+            Sort::Server => all.sort_by_key(|f| f.backend),
+            Sort::Cache => all.sort_by_key(|f| std::cmp::Reverse(f.cache_bytes)),
+            Sort::State => all.sort_by(|a, b| a.state.cmp(&b.state)),
+        }
+        let total = all.len();
+        let items: Vec<FlowInfo> = all.into_iter().skip(offset).take(limit).collect();
+        Ok(serde_json::json!({ "total": total, "offset": offset, "items": items }))
+    }
+
+    fn flow(
+        &self,
+        id: Option<String>,
+        client: Option<SocketAddrV4>,
+        vip: Option<SocketAddrV4>,
+        live: &Live<'_>,
+    ) -> Result<serde_json::Value, String> {
+        let (w, slot) = match (id, client) {
+            (Some(id), _) => parse_id(&id)?,
+            (None, Some(c)) => {
+                let hits: Vec<FlowInfo> = self
+                    .workers
+                    .flows(FlowFilter {
+                        client: Some(c),
+                        ..FlowFilter::default()
+                    })?
+                    .into_iter()
+                    .filter(|f| vip.is_none_or(|v| v == f.vip))
+                    .collect();
+                match hits.as_slice() {
+                    [f] => (f.worker, f.slot),
+                    [] => return Err(format!("no flow of {c}")),
+                    _ => {
+                        return Err(format!(
+                            "{} flows of {c}; name the service too (`vip`) or use an id: {}",
+                            hits.len(),
+                            hits.iter()
+                                .map(|f| f.id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ))
+                    }
+                }
+            }
+            (None, None) => return Err("name the flow by `id` (worker:slot) or `client`".into()),
+        };
+        let d = self
+            .workers
+            .flow(w, slot)?
+            .ok_or_else(|| format!("no flow {w}:{slot} (closed, or never existed)"))?;
+        let mut v = serde_json::to_value(d).map_err(|e| e.to_string())?;
+        v["migrations"] = serde_json::to_value(live.log.of(w, slot)).map_err(|e| e.to_string())?;
+        Ok(v)
+    }
+}
+
+/// `worker:slot`.
+fn parse_id(id: &str) -> Result<(usize, u32), String> {
+    id.split_once(':')
+        .and_then(|(w, s)| Some((w.parse().ok()?, s.parse().ok()?)))
+        .ok_or_else(|| format!("{id:?} is not a flow id (worker:slot, as `flows` lists them)"))
+}
+
+/// What the slow path itself answers for the control socket.
+#[allow(missing_debug_implementations)] // a closure
+pub struct Live<'a> {
+    /// The counters, as `--stats-json` writes them at exit.
+    pub stats: &'a dyn Fn() -> serde_json::Value,
+    /// The migrations the slow path saw.
+    pub log: &'a MigrationLog,
+}
+
+/// One migration as the slow path saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationRecord {
+    /// The owning worker.
+    pub worker: usize,
+    /// The flow's slot.
+    pub flow: u32,
+    /// When the slow path saw it start (the pause), ms since the epoch.
+    pub started_ms: u64,
+    /// Each step and when it happened, ms on the worker's clock.
+    pub steps: Vec<(String, f64)>,
+    /// Each step's duration from the previous one, ms.
+    pub durations_ms: Vec<(String, f64)>,
+    /// `resumed`, `cancelled` or `reset`, with the detail; `None` while in progress.
+    pub outcome: Option<String>,
+    /// How long the server was frozen (pause to the end), ms.
+    pub pause_ms: Option<f64>,
+    /// The first step on the worker's clock, us.
+    #[serde(skip)]
+    first_us: u64,
+}
+
+/// The migrations in progress and the recent ones (bounded), with a histogram of pauses.
+#[derive(Debug)]
+pub struct MigrationLog {
+    active: std::collections::HashMap<(usize, u32), MigrationRecord>,
+    recent: std::collections::VecDeque<MigrationRecord>,
+    keep: usize,
+    /// Pause durations, microseconds.
+    pauses: hdrhistogram::Histogram<u64>,
+}
+
+/// `migrations`' answer.
+#[derive(Debug, Serialize)]
+pub struct MigrationReport {
+    /// In progress.
+    pub active: Vec<MigrationRecord>,
+    /// Ended, newest last.
+    pub recent: Vec<MigrationRecord>,
+    /// Pause percentiles over every migration that ended since start, ms.
+    pub pause_ms: PauseStats,
+}
+
+/// Pause percentiles, ms.
+#[derive(Debug, Serialize)]
+pub struct PauseStats {
+    /// Migrations measured.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl MigrationLog {
+    /// Keeps the last `keep` ended migrations.
+    pub fn new(keep: usize) -> Self {
+        MigrationLog {
+            active: Default::default(),
+            recent: Default::default(),
+            keep,
+            // 1 us .. 1 h, 3 significant digits.
+            pauses: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .unwrap_or_else(|_| hdrhistogram::Histogram::new(3).expect("3 digits")),
+        }
+    }
+
+    /// A worker's migration event, seen at `now_ms` (ms since the epoch).
+    pub fn on_event(&mut self, worker: usize, flow: u32, ev: &Event, now_ms: u64) {
+        let (name, at, end) = match *ev {
+            Event::Paused { at, .. } => ("paused", at, false),
+            Event::Connected { at, .. } => ("connected", at, false),
+            Event::Replaying { at, .. } => ("replaying", at, false),
+            Event::Resumed { at, .. } => ("resumed", at, true),
+            Event::Cancelled { at, .. } => ("cancelled", at, true),
+            Event::Reset { at, .. } => ("reset", at, true),
+        };
+        let t = at as f64 / 1000.0;
+        let rec = self
+            .active
+            .entry((worker, flow))
+            .or_insert_with(|| MigrationRecord {
+                worker,
+                flow,
+                started_ms: now_ms,
+                steps: Vec::new(),
+                durations_ms: Vec::new(),
+                outcome: None,
+                pause_ms: None,
+                first_us: at,
+            });
+        let prev = rec.steps.last().map_or(t, |s| s.1);
+        rec.steps.push((name.to_owned(), t));
+        rec.durations_ms.push((name.to_owned(), t - prev));
+        if end {
+            if let Some(mut r) = self.active.remove(&(worker, flow)) {
+                let first = r.steps.first().map_or(t, |s| s.1);
+                r.pause_ms = Some(t - first);
+                r.outcome = Some(describe_event(ev));
+                let _ = self.pauses.record(at.saturating_sub(r.first_us).max(1));
+                self.recent.push_back(r);
+                while self.recent.len() > self.keep {
+                    self.recent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// In progress, recent, percentiles.
+    pub fn report(&self) -> MigrationReport {
+        let q = |p: f64| self.pauses.value_at_quantile(p) as f64 / 1000.0;
+        MigrationReport {
+            active: self.active.values().cloned().collect(),
+            recent: self.recent.iter().cloned().collect(),
+            pause_ms: PauseStats {
+                count: self.pauses.len(),
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+                max: self.pauses.max() as f64 / 1000.0,
+            },
+        }
+    }
+
+    /// The migrations of one flow (the slot may have been reused: the newest are the flow's).
+    pub fn of(&self, worker: usize, flow: u32) -> Vec<MigrationRecord> {
+        self.recent
+            .iter()
+            .chain(self.active.values())
+            .filter(|r| r.worker == worker && r.flow == flow)
+            .cloned()
+            .collect()
     }
 }
 

@@ -38,8 +38,10 @@ impl Key {
     }
 }
 
-/// Connection tracking state (the proxy's view of both sub-connections).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Connection tracking state (the proxy's view of both sub-connections). Serialised by its
+/// [`TcpState::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u8)]
 pub enum TcpState {
     /// The client's SYN was forwarded.
@@ -175,6 +177,11 @@ impl FlowTable {
     /// Whether the table holds no flow.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The timing wheel's current tick ([`TICK_MS`] each): ages and expiries are relative to it.
+    pub fn tick(&self) -> u32 {
+        self.wheel_tick
     }
 
     /// Maximum number of flows.

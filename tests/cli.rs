@@ -1,0 +1,179 @@
+//! The operator CLI (`tsmp-cli`) against a running proxy on vdevs, with the kernel's TCP on
+//! both ends: after a known sequence (one download from the phone, a migration to the PC
+//! started with `tsmp-cli migrate`), every command's output says what happened, `--json`
+//! parses, filters select, and a missing socket is a clear error.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::bed::*;
+use common::Proxy;
+use serde_json::Value;
+
+fn cli(sock: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tsmp-cli"))
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("tsmp-cli")
+}
+
+/// Runs a command that must succeed; its stdout.
+fn ok(sock: &std::path::Path, args: &[&str]) -> String {
+    let o = cli(sock, args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "tsmp-cli {args:?} failed: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+fn json(sock: &std::path::Path, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = ok(sock, &a);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("--json of {args:?}: {e}: {out}"))
+}
+
+#[test]
+fn every_command_after_a_download_and_a_migration() {
+    let b = bed("cli", &[]);
+    let mut proxy = Proxy::start(&b.cfg, &[]);
+    let total: u64 = 16 << 20;
+    let mut srv = start_server(&b, total);
+    let files: Vec<_> = ["phone", "pc"].iter().map(|n| b.dir.0.join(n)).collect();
+    let mut ph = drain(&b.phone, 80, &files[0]);
+    let port = line_from(&mut ph, "port");
+    wait_size(&files[0], 1 << 20);
+    let sock = &b.sock;
+    let phone = format!("198.18.0.1:{port}");
+
+    // One established flow of the phone.
+    let v = json(sock, &["flows"]);
+    assert_eq!(v["total"], 1, "{v}");
+    let f = &v["items"][0];
+    assert_eq!(f["client"], phone.as_str(), "{v}");
+    assert_eq!(f["vip"], "198.18.0.10:80", "{v}");
+    assert_eq!(f["backend"], "198.19.0.2:8080", "{v}");
+    assert_eq!(f["state"], "ESTABLISHED", "{v}");
+    assert_eq!(f["device"], 0, "{v}");
+    assert_eq!(f["migrating"], false, "{v}");
+    let id = f["id"].as_str().unwrap().to_owned();
+    // Filters select and exclude.
+    assert_eq!(json(sock, &["flows", "--client", "198.18.0.1"])["total"], 1);
+    assert_eq!(json(sock, &["flows", "--client", "198.18.0.3"])["total"], 0);
+    assert_eq!(json(sock, &["flows", "--state", "syn-sent"])["total"], 0);
+    assert_eq!(
+        json(sock, &["flows", "--server", "198.19.0.2:8080"])["total"],
+        1
+    );
+    assert_eq!(json(sock, &["flows", "--migrating"])["total"], 0);
+    let table = ok(sock, &["flows", "--sort", "age"]);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(
+        table.contains(&phone) && table.contains("ESTABLISHED"),
+        "{table}"
+    );
+    assert!(table.contains("1 of 1 flow(s)"), "{table}");
+    println!("$ tsmp-cli flows --sort age\n{table}");
+
+    // The operator moves it; the PC connects to the port shown.
+    let said = ok(sock, &["migrate", &phone, "198.18.0.10:80"]);
+    let mport: u64 = said
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    let mut pc = drain(&b.pc, mport, &files[1]);
+    let _ = line_from(&mut pc, "port");
+    proxy.wait_for(" resumed ", Duration::from_secs(20));
+    wait_size(&files[1], 1 << 20);
+
+    // Now the PC's, device generation 1, with its history.
+    let v = json(sock, &["flows", "--device", "1"]);
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["items"][0]["id"], id.as_str(), "the same flow: {v}");
+    assert!(
+        v["items"][0]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("198.18.0.3:"),
+        "{v}"
+    );
+    let d = json(sock, &["flow", &id]);
+    assert_eq!(d["flow"]["device"], 1, "{d}");
+    assert!(d["engine"].as_array().is_some_and(|l| !l.is_empty()), "{d}");
+    let hist = d["migrations"].as_array().unwrap();
+    assert_eq!(hist.len(), 1, "{d}");
+    assert!(
+        hist[0]["outcome"].as_str().unwrap().starts_with("resumed"),
+        "{d}"
+    );
+    let human = ok(sock, &["flow", &id]);
+    println!("$ tsmp-cli flow {id}\n{human}");
+    for want in [
+        "device leg",
+        "server leg",
+        "NAT",
+        "engine:",
+        "migrations:",
+        "resumed",
+    ] {
+        assert!(human.contains(want), "no {want:?} in:\n{human}");
+    }
+    let m = json(sock, &["migrations"]);
+    assert_eq!(m["recent"].as_array().unwrap().len(), 1, "{m}");
+    assert_eq!(m["active"].as_array().unwrap().len(), 0, "{m}");
+    assert_eq!(m["pause_ms"]["count"], 1, "{m}");
+    assert!(m["pause_ms"]["max"].as_f64().unwrap() > 0.0, "{m}");
+    let steps: Vec<&str> = m["recent"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["paused", "connected", "replaying", "resumed"],
+        "{m}"
+    );
+    let human = ok(sock, &["migrations"]);
+    println!("$ tsmp-cli migrations\n{human}");
+    assert!(human.contains("pause over 1 migration(s)"), "{human}");
+
+    // Counters and rates while the PC downloads.
+    let st = json(sock, &["stats", "--interval", "0.3"]);
+    let w = &st["stats"]["workers"][0];
+    assert!(w["rx_pkts"].as_u64().unwrap() > 1000, "{st}");
+    assert_eq!(st["stats"]["proxy"][0]["flows_active"], 1, "{st}");
+    assert_eq!(st["stats"]["proxy"][0]["migrations_done"], 1, "{st}");
+    let human = ok(sock, &["stats", "--interval", "0.3"]);
+    println!("$ tsmp-cli stats --interval 0.3\n{human}");
+    for want in [
+        "RX Mpps",
+        "total",
+        "flows 1/",
+        "migrations started 1 done 1",
+        "mempool",
+    ] {
+        assert!(human.contains(want), "no {want:?} in:\n{human}");
+    }
+
+    assert!(srv.wait().unwrap().success());
+    for mut c in [ph, pc] {
+        let _ = c.wait();
+    }
+    let out = proxy.stop();
+    assert!(out.contains("done=1"), "{out}");
+
+    // The proxy is gone: a clear error, not a panic.
+    let o = cli(sock, &["flows"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("is tsmp-proxy running"), "{err}");
+}
