@@ -235,6 +235,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     } else {
         None
     };
+    let metrics = match cfg.control.metrics {
+        Some(addr) => {
+            let m = crate::metrics::MetricsServer::bind(addr).map_err(AppError::Control)?;
+            println!("metrics: Prometheus text on http://{addr}/metrics");
+            Some(m)
+        }
+        None => None,
+    };
     let agent_counters = Arc::new(AgentCounters::default());
     let mut agents = match (cfg.dataplane.mode, cfg.control.agents, cfg.control.names) {
         (Mode::Proxy, Some(listen), Some(names)) => {
@@ -396,12 +404,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             // The slow path's tick: new control connections and the workers' migration events
             // wait at most this long (a migration's pause is on the workers' clock, not this one).
             std::thread::sleep(Duration::from_millis(1));
+            let stats = || serde_json::to_value(build_report()).unwrap_or_default();
             if let Some(c) = &control {
-                let stats = || serde_json::to_value(build_report()).unwrap_or_default();
                 c.poll(&Live {
                     stats: &stats,
                     log: &log,
                 });
+            }
+            if let Some(m) = &metrics {
+                m.poll(&|| crate::metrics::render(&stats(), &log.pause_stats()));
             }
             if let Some(a) = agents.as_mut() {
                 a.poll();

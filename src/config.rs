@@ -469,6 +469,10 @@ pub struct ControlConfig {
     /// Seconds between counter lines on stdout (0: none).
     #[serde(default)]
     pub stats_interval_s: u32,
+    /// Address of the Prometheus text endpoint (`GET /metrics`), served by the slow path in
+    /// the proxy's own namespace. Unset: none.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Ended migrations the slow path remembers for `migrations` and `flow` (bounded).
     #[serde(default = "default_migration_history")]
     pub migration_history: usize,
@@ -498,6 +502,7 @@ impl Default for ControlConfig {
             cli_socket: default_cli_socket(),
             stats_interval_s: 0,
             migration_history: default_migration_history(),
+            metrics: None,
             agents: None,
             names: None,
             zone: default_zone(),

@@ -696,17 +696,22 @@ impl MigrationLog {
 
     /// In progress, recent, percentiles.
     pub fn report(&self) -> MigrationReport {
-        let q = |p: f64| self.pauses.value_at_quantile(p) as f64 / 1000.0;
         MigrationReport {
             active: self.active.values().cloned().collect(),
             recent: self.recent.iter().cloned().collect(),
-            pause_ms: PauseStats {
-                count: self.pauses.len(),
-                p50: q(0.5),
-                p90: q(0.9),
-                p99: q(0.99),
-                max: self.pauses.max() as f64 / 1000.0,
-            },
+            pause_ms: self.pause_stats(),
+        }
+    }
+
+    /// Pause percentiles over every migration that ended since start.
+    pub fn pause_stats(&self) -> PauseStats {
+        let q = |p: f64| self.pauses.value_at_quantile(p) as f64 / 1000.0;
+        PauseStats {
+            count: self.pauses.len(),
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: self.pauses.max() as f64 / 1000.0,
         }
     }
 

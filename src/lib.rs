@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod config;
 pub mod control;
+pub mod metrics;
 pub mod migrate;
 pub mod msg;
 pub mod names;

@@ -40,9 +40,32 @@ fn json(sock: &std::path::Path, args: &[&str]) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("--json of {args:?}: {e}: {out}"))
 }
 
+/// `GET /metrics`; the body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.0 200 OK"), "{out}");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 #[test]
 fn every_command_after_a_download_and_a_migration() {
     let b = bed("cli", &[]);
+    // The Prometheus endpoint, on a free local port (the last section is [control]).
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut text = std::fs::read_to_string(&b.cfg).unwrap();
+    text.push_str(&format!("metrics = \"{metrics}\"\n"));
+    std::fs::write(&b.cfg, text).unwrap();
     let mut proxy = Proxy::start(&b.cfg, &[]);
     let total: u64 = 16 << 20;
     let mut srv = start_server(&b, total);
@@ -162,6 +185,18 @@ fn every_command_after_a_download_and_a_migration() {
         "mempool",
     ] {
         assert!(human.contains(want), "no {want:?} in:\n{human}");
+    }
+
+    // The Prometheus endpoint scrapes: the same counters, the pause summary.
+    let page = scrape(metrics);
+    for want in [
+        "# TYPE tsmp_proxy_migrations_done_total counter",
+        "tsmp_proxy_migrations_done_total{worker=\"0\"} 1",
+        "tsmp_proxy_flows_active{worker=\"0\"} 1",
+        "tsmp_migration_pause_seconds_count 1",
+        "tsmp_port_rx_packets_total{port=\"client\"}",
+    ] {
+        assert!(page.contains(want), "no {want:?} in the scrape:\n{page}");
     }
 
     assert!(srv.wait().unwrap().success());
