@@ -194,19 +194,21 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     }
     wait_links(&ports, Duration::from_secs(3));
 
-    let counters: Vec<WorkerCounters> = cfg
-        .workers
-        .iter()
-        .map(|_| WorkerCounters::default())
-        .collect();
+    let counters: Arc<Vec<WorkerCounters>> = Arc::new(
+        cfg.workers
+            .iter()
+            .map(|_| WorkerCounters::default())
+            .collect(),
+    );
     let hz = eal.tsc_hz();
     let drain_tsc = hz / 1_000_000 * u64::from(cfg.dataplane.drain_us);
     let assignments = cfg.rx_assignments();
-    let proxy_counters: Vec<ProxyCounters> = cfg
-        .workers
-        .iter()
-        .map(|_| ProxyCounters::default())
-        .collect();
+    let proxy_counters: Arc<Vec<ProxyCounters>> = Arc::new(
+        cfg.workers
+            .iter()
+            .map(|_| ProxyCounters::default())
+            .collect(),
+    );
     let nw = cfg.workers.len();
     let ring = cfg.limits.handoff_ring as usize;
     let handoff: HandoffRings = (0..nw)
@@ -227,6 +229,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         hasher.clone(),
         (cfg.migration.port_min, cfg.migration.port_max),
     );
+    let agent_counters_early = Arc::new(AgentCounters::default());
     let control = if cfg.dataplane.mode == Mode::Proxy {
         Some(
             ControlServer::bind(&cfg.control.cli_socket, workers.clone())
@@ -235,6 +238,24 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     } else {
         None
     };
+    // dpdk-dumpcap attaches as a secondary process; DPDK telemetry lists our commands.
+    // Neither is needed to forward: a failure is a warning, not a stop.
+    let pdump = eal
+        .pdump()
+        .map_err(|e| eprintln!("warning: {e}; dpdk-dumpcap cannot attach"))
+        .ok();
+    if let Err(e) = register_telemetry(
+        &counters,
+        &proxy_counters,
+        &agent_counters_early,
+        (cfg.dataplane.mode == Mode::Proxy).then(|| workers.clone()),
+    ) {
+        eprintln!("warning: {e}; dpdk-telemetry.py will not show /tsmp/ commands");
+    }
+    println!(
+        "observability: dpdk-telemetry.py -f {fp} (/tsmp/stats, /tsmp/flows), dpdk-dumpcap --file-prefix={fp} -i <port>",
+        fp = cfg.eal.file_prefix
+    );
     let metrics = match cfg.control.metrics {
         Some(addr) => {
             let m = crate::metrics::MetricsServer::bind(addr).map_err(AppError::Control)?;
@@ -243,7 +264,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         }
         None => None,
     };
-    let agent_counters = Arc::new(AgentCounters::default());
+    let agent_counters = agent_counters_early;
     let mut agents = match (cfg.dataplane.mode, cfg.control.agents, cfg.control.names) {
         (Mode::Proxy, Some(listen), Some(names)) => {
             let key =
@@ -375,7 +396,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         workers: cfg
             .workers
             .iter()
-            .zip(&counters)
+            .zip(counters.iter())
             .map(|(w, c)| {
                 let s = c.snapshot();
                 WorkerReport {
@@ -491,6 +512,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     drop(handoff);
     drop(ports);
     drop(pool);
+    drop(pdump);
     drop(eal);
     println!("stopped cleanly");
     Ok(())
@@ -575,4 +597,80 @@ fn wait_links(ports: &[Port<'_>], max: Duration) {
             l.speed_mbps
         );
     }
+}
+
+/// DPDK telemetry commands under `/tsmp/`: they run on DPDK's telemetry thread and read only
+/// the counters' atomics and, for the flow list, ask the workers through their command rings
+/// (as the control socket does).
+fn register_telemetry(
+    counters: &Arc<Vec<WorkerCounters>>,
+    proxy: &Arc<Vec<ProxyCounters>>,
+    control: &Arc<AgentCounters>,
+    workers: Option<Workers>,
+) -> Result<(), AppError> {
+    use crate::dpdk::{register_telemetry as reg, TelValue};
+    let (c, p, a) = (counters.clone(), proxy.clone(), control.clone());
+    reg(
+        "/tsmp/stats",
+        "TSMP appliance counters, per worker (wN_) and control plane. No parameters",
+        Box::new(move |_| {
+            let mut d = Vec::new();
+            let mut put = |k: String, v: u64| d.push((k, TelValue::U64(v)));
+            for (i, w) in c.iter().enumerate() {
+                let s = w.snapshot();
+                put(format!("w{i}_rx_pkts"), s.rx_pkts);
+                put(format!("w{i}_tx_pkts"), s.tx_pkts);
+                put(format!("w{i}_rx_bytes"), s.rx_bytes);
+                put(format!("w{i}_tx_dropped"), s.tx_dropped);
+            }
+            for (i, x) in p.iter().enumerate() {
+                let s = x.snapshot();
+                put(format!("w{i}_flows_active"), s.flows_active);
+                put(format!("w{i}_flows_created"), s.flows_created);
+                put(format!("w{i}_drops"), s.drops.values().sum());
+                put(
+                    format!("w{i}_migrations_started"),
+                    s.migration.migrations_started,
+                );
+                put(format!("w{i}_migrations_done"), s.migration.migrations_done);
+                put(format!("w{i}_cache_bytes"), s.migration.cache_bytes);
+            }
+            let s = a.snapshot();
+            put("mfr_accepted".into(), s.mfr_accepted);
+            put("mfr_refused".into(), s.mfr_refused.values().sum());
+            d
+        }),
+    )?;
+    if let Some(w) = workers {
+        reg(
+            "/tsmp/flows",
+            "TSMP flows (at most 200): flow_W_S -> device, service, NAT, backend, state. No parameters",
+            Box::new(move |_| {
+                w.flows(crate::control::FlowFilter::default())
+                    .map(|fl| {
+                        fl.into_iter()
+                            .take(200)
+                            .map(|f| {
+                                (
+                                    // Telemetry names: letters, digits and `_` only.
+                                    format!("flow_{}", f.id.replace(':', "_")),
+                                    TelValue::Str(format!(
+                                        "{} -> {} => {} -> {} {} device {} {}",
+                                        f.client,
+                                        f.vip,
+                                        f.snat,
+                                        f.backend,
+                                        f.state,
+                                        f.device,
+                                        f.phase
+                                    )),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_else(|e| vec![("error".into(), TelValue::Str(e))])
+            }),
+        )?;
+    }
+    Ok(())
 }

@@ -40,6 +40,29 @@ fn json(sock: &std::path::Path, args: &[&str]) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("--json of {args:?}: {e}: {out}"))
 }
 
+/// `dpdk-telemetry.py -f prefix` with `cmds` on its stdin; its output.
+fn telemetry(prefix: &str, cmds: &[&str]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("dpdk-telemetry.py")
+        .args(["-f", prefix])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("dpdk-telemetry.py");
+    let mut input = c.stdin.take().unwrap();
+    for cmd in cmds {
+        writeln!(input, "{cmd}").unwrap();
+    }
+    drop(input);
+    let o = c.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// `GET /metrics`; the body.
 fn scrape(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};
@@ -186,6 +209,59 @@ fn every_command_after_a_download_and_a_migration() {
     ] {
         assert!(human.contains(want), "no {want:?} in:\n{human}");
     }
+
+    // DPDK's own tools: dpdk-telemetry.py shows our commands next to DPDK's, and
+    // dpdk-dumpcap (a secondary process) captures the client port while the PC downloads.
+    let cfg_text = std::fs::read_to_string(&b.cfg).unwrap();
+    let prefix = cfg_text
+        .lines()
+        .find_map(|l| l.strip_prefix("file_prefix = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("file_prefix in the bed's profile")
+        .to_owned();
+    let tel = telemetry(
+        &prefix,
+        &["/", "/tsmp/stats", "/tsmp/flows", "/ethdev/list"],
+    );
+    for want in [
+        "\"/tsmp/stats\"",
+        "\"/tsmp/flows\"",
+        "\"w0_flows_active\": 1",
+        "\"w0_migrations_done\": 1",
+        "ESTABLISHED device 1",
+    ] {
+        assert!(
+            tel.contains(want),
+            "no {want} in dpdk-telemetry.py's output:\n{tel}"
+        );
+    }
+    let pcap = b.dir.0.join("client.pcap");
+    let o = Command::new("dpdk-dumpcap")
+        .arg(format!("--file-prefix={prefix}"))
+        .args(["-i", "0", "-P", "-q", "-c", "50", "-a", "duration:10", "-w"])
+        .arg(&pcap)
+        .output()
+        .expect("dpdk-dumpcap");
+    assert!(
+        o.status.success(),
+        "dpdk-dumpcap: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let read = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&read.stdout);
+    assert!(
+        lines
+            .lines()
+            .filter(|l| l.contains("198.18.0.10.40000"))
+            .count()
+            >= 10,
+        "the capture holds the PC's segments:\n{lines}"
+    );
 
     // The Prometheus endpoint scrapes: the same counters, the pause summary.
     let page = scrape(metrics);

@@ -112,6 +112,12 @@ pub enum Error {
     /// A worker panicked; the panic message was printed on stderr.
     #[error("the worker on lcore {0} panicked (its message is above)")]
     WorkerPanicked(u32),
+    /// DPDK refused a telemetry command name.
+    #[error("telemetry command `{0}` could not be registered (name too long, bad characters, or registered twice)")]
+    Telemetry(String),
+    /// `rte_pdump_init` failed.
+    #[error("packet capture (rte_pdump) could not be initialised: {0}")]
+    Pdump(String),
 }
 
 /// DPDK's description of an error number.
@@ -1300,6 +1306,135 @@ impl Drop for Port<'_> {
         unsafe {
             sys::rte_eth_dev_stop(self.id.0);
             sys::rte_eth_dev_close(self.id.0);
+        }
+    }
+}
+
+/// A value in a telemetry answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TelValue {
+    /// A counter.
+    U64(u64),
+    /// Text (truncated by DPDK to its string limit).
+    Str(String),
+}
+
+/// A telemetry command's handler: given the command's parameters (what follows the comma),
+/// the dictionary to answer. Runs on DPDK's telemetry thread, so it may only read shared
+/// state (atomics, channels), never a worker's tables.
+pub type TelemetryHandler = dyn Fn(&str) -> Vec<(String, TelValue)> + Send + Sync;
+
+static TELEMETRY: std::sync::Mutex<Vec<(CString, Box<TelemetryHandler>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The one C callback behind every command we register: finds the handler by name.
+unsafe extern "C" fn telemetry_cb(
+    cmd: *const c_char,
+    params: *const c_char,
+    d: *mut sys::rte_tel_data,
+) -> c_int {
+    let answer = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: DPDK passes the command's and the parameters' NUL-terminated strings (params
+        // may be NULL), valid for the duration of the call.
+        let (cmd, params) = unsafe {
+            (
+                CStr::from_ptr(cmd).to_owned(),
+                if params.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(params).to_string_lossy().into_owned()
+                },
+            )
+        };
+        let handlers = TELEMETRY.lock().unwrap_or_else(|p| p.into_inner());
+        handlers
+            .iter()
+            .find(|(c, _)| *c == cmd)
+            .map(|(_, h)| h(&params))
+    }));
+    let Ok(Some(entries)) = answer else {
+        return -1;
+    };
+    // SAFETY: `d` is the answer DPDK allocated for this call; it is ours to fill until we return.
+    unsafe {
+        sys::rte_tel_data_start_dict(d);
+    }
+    for (k, v) in entries {
+        let Ok(k) = CString::new(k) else { continue };
+        match v {
+            // SAFETY: `d` as above; `k` (and `s`) are NUL-terminated and outlive the call, DPDK
+            // copies them.
+            TelValue::U64(n) => unsafe {
+                sys::rte_tel_data_add_dict_u64(d, k.as_ptr(), n);
+            },
+            TelValue::Str(s) => {
+                let Ok(s) = CString::new(s) else { continue };
+                // SAFETY: as above.
+                unsafe {
+                    sys::rte_tel_data_add_dict_string(d, k.as_ptr(), s.as_ptr());
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Registers the telemetry command `cmd` (e.g. `/tsmp/stats`) with `help`; `dpdk-telemetry.py`
+/// lists it next to DPDK's own (`/ethdev/stats`, ...).
+///
+/// # Errors
+/// [`Error::Telemetry`] when DPDK refuses the name (too long, bad characters, registered twice).
+pub fn register_telemetry(
+    cmd: &str,
+    help: &str,
+    handler: Box<TelemetryHandler>,
+) -> Result<(), Error> {
+    let c = CString::new(cmd).map_err(|_| Error::Telemetry(cmd.to_owned()))?;
+    let h = CString::new(help).map_err(|_| Error::Telemetry(cmd.to_owned()))?;
+    // SAFETY: both strings are NUL-terminated; DPDK copies the command name and keeps the help
+    // pointer, so `h` is leaked to live as long as the process. The callback is a plain
+    // `extern "C"` function that outlives everything.
+    let rc =
+        unsafe { sys::rte_telemetry_register_cmd(c.as_ptr(), Some(telemetry_cb), h.into_raw()) };
+    if rc != 0 {
+        return Err(Error::Telemetry(cmd.to_owned()));
+    }
+    TELEMETRY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((c, handler));
+    Ok(())
+}
+
+/// Packet capture for `dpdk-dumpcap` (a secondary process): while this lives, the ports'
+/// traffic can be captured without stopping the appliance.
+#[derive(Debug)]
+pub struct Pdump<'e> {
+    _eal: PhantomData<&'e Eal>,
+}
+
+impl Eal {
+    /// Initialises `rte_pdump` so `dpdk-dumpcap --file-prefix=<ours>` can attach.
+    ///
+    /// # Errors
+    /// [`Error::Pdump`] with DPDK's reason.
+    pub fn pdump(&self) -> Result<Pdump<'_>, Error> {
+        // SAFETY: EAL is initialised (we hold `self`); rte_pdump_init registers its multi-process
+        // handler once and is undone by rte_pdump_uninit in Drop, before EAL's cleanup (the
+        // guard borrows the Eal).
+        let rc = unsafe { sys::rte_pdump_init() };
+        if rc != 0 {
+            return Err(Error::Pdump(last_error()));
+        }
+        Ok(Pdump { _eal: PhantomData })
+    }
+}
+
+impl Drop for Pdump<'_> {
+    fn drop(&mut self) {
+        // SAFETY: matched with the successful rte_pdump_init of `Eal::pdump`.
+        unsafe {
+            sys::rte_pdump_uninit();
         }
     }
 }
