@@ -355,6 +355,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                             / u32::try_from(cfg.workers.len()).unwrap_or(1).max(1),
                     )),
                     now_us: 0,
+                    // 1 cycle .. 2^40 cycles (minutes), 2 significant digits: a few KiB.
+                    burst_cycles: hdrhistogram::Histogram::new_with_bounds(1, 1 << 40, 2)
+                        .map_err(|e| AppError::Control(format!("burst histogram: {e}")))?,
                     commands: commands[i].clone(),
                     events: events.clone(),
                     timers: Vec::with_capacity(1024),
@@ -433,7 +436,18 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                 });
             }
             if let Some(m) = &metrics {
-                m.poll(&|| crate::metrics::render(&stats(), &log.pause_stats()));
+                m.poll(&|| {
+                    let st = stats();
+                    let hz = st["tsc_hz"].as_u64().unwrap_or(0);
+                    let bursts: Vec<serde_json::Value> = workers
+                        .latency()
+                        .unwrap_or_default()
+                        .iter()
+                        .enumerate()
+                        .map(|(w, h)| crate::control::burst_stats(w, h, hz))
+                        .collect();
+                    crate::metrics::render(&st, &log.pause_stats(), &bursts)
+                });
             }
             if let Some(a) = agents.as_mut() {
                 a.poll();

@@ -115,6 +115,11 @@ pub enum Command {
         /// Where the worker answers.
         reply: SyncSender<FlowPage>,
     },
+    /// A copy of the worker's histogram of cycles per burst.
+    Latency {
+        /// Where the worker answers.
+        reply: SyncSender<hdrhistogram::Histogram<u64>>,
+    },
     /// One flow in detail.
     Flow {
         /// Its slot.
@@ -269,6 +274,7 @@ enum Request {
     },
     Stats {},
     Migrations {},
+    Latency {},
 }
 
 fn default_limit() -> usize {
@@ -368,6 +374,13 @@ impl Workers {
             }
         }
         Ok(all)
+    }
+
+    /// Every worker's histogram of TSC cycles per burst.
+    pub fn latency(&self) -> Result<Vec<hdrhistogram::Histogram<u64>>, String> {
+        (0..self.rings.len())
+            .map(|w| self.ask(w, |reply| Command::Latency { reply }))
+            .collect()
     }
 
     /// Flow `slot` of worker `w`, in detail.
@@ -493,10 +506,27 @@ impl ControlServer {
             } => json(self.flows(filter, sort, offset, limit)),
             Request::Flow { id, client, vip } => json(self.flow(id, client, vip, live)),
             Request::Stats {} => Reply::Ok((live.stats)()),
+            Request::Latency {} => json(self.latency(live)),
             Request::Migrations {} => {
                 json(serde_json::to_value(live.log.report()).map_err(|e| e.to_string()))
             }
         }
+    }
+
+    fn latency(&self, live: &Live<'_>) -> Result<serde_json::Value, String> {
+        let hz = (live.stats)()["tsc_hz"].as_u64().unwrap_or(0);
+        let workers: Vec<serde_json::Value> = self
+            .workers
+            .latency()?
+            .iter()
+            .enumerate()
+            .map(|(w, h)| burst_stats(w, h, hz))
+            .collect();
+        Ok(serde_json::json!({
+            "tsc_hz": hz,
+            "burst_cycles": workers,
+            "migration_pause_ms": live.log.pause_stats(),
+        }))
     }
 
     fn flows(
@@ -564,6 +594,28 @@ impl ControlServer {
         v["migrations"] = serde_json::to_value(live.log.of(w, slot)).map_err(|e| e.to_string())?;
         Ok(v)
     }
+}
+
+/// One worker's cycles-per-burst percentiles (and in microseconds, given the TSC rate).
+pub fn burst_stats(
+    worker: usize,
+    h: &hdrhistogram::Histogram<u64>,
+    tsc_hz: u64,
+) -> serde_json::Value {
+    let us = |c: u64| {
+        if tsc_hz == 0 {
+            0.0
+        } else {
+            c as f64 * 1e6 / tsc_hz as f64
+        }
+    };
+    let q = |p: f64| h.value_at_quantile(p);
+    serde_json::json!({
+        "worker": worker,
+        "bursts": h.len(),
+        "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": h.max(),
+        "p50_us": us(q(0.5)), "p99_us": us(q(0.99)), "max_us": us(h.max()),
+    })
 }
 
 /// `worker:slot`.

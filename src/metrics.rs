@@ -86,9 +86,9 @@ fn leaves(out: &mut Families, prefix: &str, obj: &Value, labels: &[(&str, String
     }
 }
 
-/// The exposition text for the counters `stats` (as `--stats-json` writes them) and the
-/// migration pauses.
-pub fn render(stats: &Value, pauses: &PauseStats) -> String {
+/// The exposition text for the counters `stats` (as `--stats-json` writes them), the
+/// migration pauses and the workers' cycles per burst (`control::burst_stats` of each).
+pub fn render(stats: &Value, pauses: &PauseStats, bursts: &[Value]) -> String {
     let mut f = Families::new();
     for (i, w) in stats["workers"]
         .as_array()
@@ -132,6 +132,32 @@ pub fn render(stats: &Value, pauses: &PauseStats) -> String {
         );
     }
     let _ = writeln!(out, "tsmp_migration_pause_seconds_count {}", pauses.count);
+    if !bursts.is_empty() {
+        let _ = writeln!(out, "# TYPE tsmp_worker_burst_cycles summary");
+        for b in bursts {
+            let w = &b["worker"];
+            for (q, k) in [
+                ("0.5", "p50"),
+                ("0.9", "p90"),
+                ("0.99", "p99"),
+                ("0.999", "p999"),
+                ("1", "max"),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tsmp_worker_burst_cycles{{worker=\"{w}\",quantile=\"{q}\"}} {}",
+                    b[k]
+                );
+            }
+        }
+        for b in bursts {
+            let _ = writeln!(
+                out,
+                "tsmp_worker_burst_cycles_count{{worker=\"{}\"}} {}",
+                b["worker"], b["bursts"]
+            );
+        }
+    }
     out
 }
 
@@ -206,7 +232,11 @@ mod tests {
             p99: 4.0,
             max: 5.0,
         };
-        let t = render(&stats, &p);
+        let bursts = [
+            serde_json::json!({"worker": 0, "bursts": 9, "p50": 100, "p90": 200,
+            "p99": 300, "p999": 400, "max": 500}),
+        ];
+        let t = render(&stats, &p, &bursts);
         for want in [
             "# TYPE tsmp_worker_rx_pkts_total counter\ntsmp_worker_rx_pkts_total{worker=\"0\"} 10\n",
             "tsmp_worker_cycles_per_packet{worker=\"0\"} 150.5\n",
@@ -218,6 +248,8 @@ mod tests {
             "tsmp_mempool_in_use 42\n",
             "tsmp_migration_pause_seconds{quantile=\"0.5\"} 0.002\n",
             "tsmp_migration_pause_seconds_count 3\n",
+            "tsmp_worker_burst_cycles{worker=\"0\",quantile=\"0.99\"} 300\n",
+            "tsmp_worker_burst_cycles_count{worker=\"0\"} 9\n",
         ] {
             assert!(t.contains(want), "no {want:?} in\n{t}");
         }

@@ -138,6 +138,9 @@ pub struct ProxyWorker<'p> {
     pub budget: Budget,
     /// Microseconds on the engines' clock.
     pub now_us: u64,
+    /// TSC cycles each non-empty burst took (receive to the last frame handled); a copy goes to
+    /// the slow path on request ([`Command::Latency`]).
+    pub burst_cycles: hdrhistogram::Histogram<u64>,
     /// Commands from the slow path.
     pub commands: std::sync::Arc<crossbeam_queue::ArrayQueue<Command>>,
     /// Migration progress to the slow path.
@@ -287,6 +290,9 @@ impl ProxyWorker<'_> {
                     reply,
                 } => {
                     let _ = reply.try_send(self.flow_page(&filter, cursor));
+                }
+                Command::Latency { reply } => {
+                    let _ = reply.try_send(self.burst_cycles.clone());
                 }
                 Command::Flow { slot, reply } => {
                     let d = self.flow_info(slot).map(|flow| FlowDetail {
@@ -502,7 +508,10 @@ impl ProxyWorker<'_> {
                     s.rx_bytes += u64::from(m.pkt_len());
                     self.handle(m, port, &mut s, &mut x);
                 }
-                s.busy_cycles += rdtsc().wrapping_sub(t0);
+                let took = rdtsc().wrapping_sub(t0);
+                s.busy_cycles += took;
+                // Saturates at the histogram's bound instead of failing.
+                self.burst_cycles.saturating_record(took);
             }
             // Frames other workers received for flows this worker owns.
             for _ in 0..self.burst {

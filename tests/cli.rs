@@ -192,6 +192,20 @@ fn every_command_after_a_download_and_a_migration() {
     println!("$ tsmp-cli migrations\n{human}");
     assert!(human.contains("pause over 1 migration(s)"), "{human}");
 
+    // Latency histograms: bursts processed, the pause recorded.
+    let l = json(sock, &["latency"]);
+    let w0 = &l["burst_cycles"][0];
+    assert!(w0["bursts"].as_u64().unwrap() > 100, "{l}");
+    assert!(w0["p50"].as_u64().unwrap() > 0, "{l}");
+    assert!(
+        w0["max"].as_u64().unwrap() >= w0["p99"].as_u64().unwrap(),
+        "{l}"
+    );
+    assert_eq!(l["migration_pause_ms"]["count"], 1, "{l}");
+    let human = ok(sock, &["latency"]);
+    println!("$ tsmp-cli latency\n{human}");
+    assert!(human.contains("migration pause over 1"), "{human}");
+
     // Counters and rates while the PC downloads.
     let st = json(sock, &["stats", "--interval", "0.3"]);
     let w = &st["stats"]["workers"][0];
@@ -271,6 +285,7 @@ fn every_command_after_a_download_and_a_migration() {
         "tsmp_proxy_flows_active{worker=\"0\"} 1",
         "tsmp_migration_pause_seconds_count 1",
         "tsmp_port_rx_packets_total{port=\"client\"}",
+        "tsmp_worker_burst_cycles{worker=\"0\",quantile=\"0.99\"}",
     ] {
         assert!(page.contains(want), "no {want:?} in the scrape:\n{page}");
     }

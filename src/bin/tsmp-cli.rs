@@ -75,6 +75,8 @@ enum Cmd {
     },
     /// Migrations in progress and recent ones, with per-phase durations and pause percentiles.
     Migrations,
+    /// Latency histograms: each worker's processing time per burst, the migration pauses.
+    Latency,
     /// Counters and rates (per worker and total) over an interval.
     Stats {
         /// Seconds between the two snapshots rates are computed from.
@@ -225,6 +227,40 @@ fn run(a: &Args) -> Result<(), String> {
                 println!("{v}");
             } else {
                 print_migrations(&v);
+            }
+        }
+        Cmd::Latency => {
+            let v = ask(&a.socket, &json!({"latency": {}}))?;
+            if a.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    "WORKER", "BURSTS", "p50 cyc", "p90", "p99", "p99.9", "max", "p50 us", "p99 us"
+                );
+                for b in v["burst_cycles"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9.2} {:>9.2}",
+                        s(&b["worker"]),
+                        s(&b["bursts"]),
+                        s(&b["p50"]),
+                        s(&b["p90"]),
+                        s(&b["p99"]),
+                        s(&b["p999"]),
+                        s(&b["max"]),
+                        b["p50_us"].as_f64().unwrap_or(0.0),
+                        b["p99_us"].as_f64().unwrap_or(0.0)
+                    );
+                }
+                let p = &v["migration_pause_ms"];
+                println!(
+                    "migration pause over {} migration(s): p50 {} ms  p90 {} ms  p99 {} ms  max {} ms",
+                    s(&p["count"]),
+                    s(&p["p50"]),
+                    s(&p["p90"]),
+                    s(&p["p99"]),
+                    s(&p["max"])
+                );
             }
         }
         Cmd::Stats { interval, watch } => {
