@@ -176,6 +176,77 @@ pub fn enter_netns(ns: Option<&str>) -> Result<(), String> {
 }
 
 impl AgentPlane {
+    /// An operator's migration (the control socket's `migrate` with `to`): the flow of
+    /// `client` -> `vip` moves to device `target` (`pc.bob`), as for an accepted MFR but on the
+    /// operator's authority: the target's record from the naming server, the owning worker's
+    /// freeze with a migration port only the target's address may use, the signed MTR. Progress
+    /// is in the proxy's log and `tsmp-cli migrations`.
+    pub fn operator_migrate(
+        &self,
+        client: SocketAddrV4,
+        vip: SocketAddrV4,
+        target: &str,
+    ) -> Result<serde_json::Value, String> {
+        let sh = self.shared.clone();
+        let target = target.to_owned();
+        let ns = sh.netns.clone();
+        in_netns(ns.as_deref(), move || {
+            let Some((device, user)) = target.split_once('.') else {
+                return Err(format!(
+                    "name the device with its user: {target}.<user> (as registered)"
+                ));
+            };
+            let id = DeviceId::new(device, user).map_err(|e| e.to_string())?;
+            let rec = lookup(&sh, &id, Reason::UnknownTarget).map_err(|(_, e)| e)?;
+            let ip = |a: SocketAddrV4| (u32::from(*a.ip()), a.port());
+            let m = sh
+                .workers
+                .migrate(MigrateRequest {
+                    client: ip(client),
+                    vip: ip(vip),
+                    offset: None,
+                    counter: None,
+                    expect: Some(u32::from(rec.addr)),
+                })
+                .map_err(|r| r.detail)?;
+            let n = sh.next_id.fetch_add(1, Ordering::Relaxed);
+            println!(
+                "operator migration={n} {client}-{vip} -> {id} ({}) worker={} flow={} port={}",
+                rec.addr, m.worker, m.flow, m.migration_port
+            );
+            let mtr = Mtr {
+                migration: n,
+                user: id.user.clone(),
+                device: id.device.clone(),
+                from: "operator".into(),
+                service: m.service,
+                connect: SocketAddrV4::new(*vip.ip(), m.migration_port),
+                counter: m.device,
+                deadline_ms: now_ms() + u64::try_from(sh.deadline.as_millis()).unwrap_or(u64::MAX),
+                ts_ms: now_ms(),
+                nonce: msg::nonce(),
+            };
+            let agent = SocketAddrV4::new(rec.addr, rec.agent_port);
+            let mtr_result = match send_mtr(&sh, &mtr, agent, &rec.key) {
+                Ok(()) => {
+                    sh.counters.mtr_sent.fetch_add(1, Ordering::Relaxed);
+                    println!("mtr migration={n} sent to {id} at {agent}");
+                    "sent".to_owned()
+                }
+                Err(e) => {
+                    sh.counters.mtr_failed.fetch_add(1, Ordering::Relaxed);
+                    println!("mtr migration={n} to {id} at {agent} failed: {e}");
+                    format!("failed: {e}; the flow returns to its device at the deadline")
+                }
+            };
+            Ok(serde_json::json!({
+                "migration": n, "worker": m.worker, "flow": m.flow, "device": m.device,
+                "migration_port": m.migration_port, "target": id.to_string(),
+                "target_addr": rec.addr.to_string(), "mtr": mtr_result,
+            }))
+        })?
+    }
+
     /// Binds the agents' address (inside the exception path's namespace).
     pub fn bind(
         s: AgentSettings,

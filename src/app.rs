@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::agents::{AgentCounters, AgentPlane, AgentSettings, AgentSnapshot};
 use crate::config::{Config, Mode, RssMode};
 use crate::control::{
-    describe_event, CommandRings, ControlServer, EventRing, Live, MigrationLog, Workers,
+    describe_event, CommandRings, ControlServer, EventRing, Live, MigrationLog, OperatorMigrate,
+    Workers,
 };
 use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
 use crate::migrate::cache::Budget;
@@ -430,9 +431,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             std::thread::sleep(Duration::from_millis(1));
             let stats = || serde_json::to_value(build_report()).unwrap_or_default();
             if let Some(c) = &control {
+                let plane = agents.as_ref();
+                let op = |client, vip, to: &str| match plane {
+                    Some(p) => p.operator_migrate(client, vip, to),
+                    None => Err("no agent control".to_owned()),
+                };
                 c.poll(&Live {
                     stats: &stats,
                     log: &log,
+                    operator: plane.is_some().then_some(&op as &OperatorMigrate<'_>),
                 });
             }
             if let Some(m) = &metrics {

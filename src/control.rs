@@ -253,6 +253,8 @@ enum Request {
         vip: SocketAddrV4,
         #[serde(default)]
         offset: Option<u64>,
+        #[serde(default)]
+        to: Option<String>,
     },
     Flows {
         #[serde(default)]
@@ -484,10 +486,31 @@ impl ControlServer {
             Err(e) => Reply::Error(e),
         };
         match req {
+            Request::Migrate { to: Some(to), .. } if live.operator.is_none() => {
+                Reply::Error(format!(
+                "cannot migrate to {to}: this proxy has no agent control ([control] agents and \
+                 names); migrate without `to` and let the new device connect to the port"
+            ))
+            }
+            Request::Migrate {
+                client,
+                vip,
+                offset: None,
+                to: Some(to),
+            } => json(
+                live.operator
+                    .map_or_else(|| Err("no agent control".into()), |op| op(client, vip, &to)),
+            ),
+            Request::Migrate { to: Some(_), .. } => Reply::Error(
+                "`offset` and `to` do not go together: the new device's agent resumes at the \
+                 old device's last acknowledged byte"
+                    .into(),
+            ),
             Request::Migrate {
                 client,
                 vip,
                 offset,
+                to: None,
             } => match self.workers.migrate(MigrateRequest {
                 client: addr(client),
                 vip: addr(vip),
@@ -632,7 +655,13 @@ pub struct Live<'a> {
     pub stats: &'a dyn Fn() -> serde_json::Value,
     /// The migrations the slow path saw.
     pub log: &'a MigrationLog,
+    /// An operator's migration to a named device (with agent control).
+    pub operator: Option<&'a OperatorMigrate<'a>>,
 }
+
+/// `(client, vip, device.user)` -> the started migration, through the agent control plane.
+pub type OperatorMigrate<'a> =
+    dyn Fn(SocketAddrV4, SocketAddrV4, &str) -> Result<serde_json::Value, String> + 'a;
 
 /// One migration as the slow path saw it.
 #[derive(Debug, Clone, Serialize)]

@@ -207,17 +207,23 @@ while (b := s.recv(65536)):
 
 #[test]
 fn a_stream_moves_from_phone_to_pc_through_the_agents_command_lines() {
-    stream_moves("g", false);
+    stream_moves("g", false, false);
 }
 
 #[test]
 fn the_pc_agent_hands_the_stream_to_an_application_on_its_local_port() {
-    stream_moves("l", true);
+    stream_moves("l", true, false);
 }
 
-/// The phone downloads; `tsmp-agent migrate` moves the download to the PC, whose agent hands
-/// it to `cat` (or, with `local`, to an application connecting to the agent's local port).
-fn stream_moves(tag: &str, local: bool) {
+#[test]
+fn an_operator_moves_a_stream_to_a_device_by_name() {
+    stream_moves("op", false, true);
+}
+
+/// The phone downloads; `tsmp-agent migrate` (or, with `operator`, `tsmp-cli migrate --to
+/// pc.bob`) moves the download to the PC, whose agent hands it to `cat` (or, with `local`, to
+/// an application connecting to the agent's local port).
+fn stream_moves(tag: &str, local: bool, operator: bool) {
     let mut p = Plane::new(tag);
     let total: u64 = 24 << 20;
     let mut srv = start_server(&p.b, total);
@@ -241,18 +247,40 @@ fn stream_moves(tag: &str, local: bool) {
     let port = line_from(&mut ph, "port");
     wait_size(&phone_out, 3 << 20);
 
-    let o = output(p.agent(&p.b.phone, "phone", &["migrate", &port, "--to", "pc"]));
-    let said = text(&o);
-    assert!(o.status.success(), "tsmp-agent migrate: {said}");
-    assert!(
-        said.contains("mfr accepted") && said.contains("resumed"),
-        "{said}"
-    );
+    if operator {
+        let o = output({
+            let mut c = Command::new(env!("CARGO_BIN_EXE_tsmp-cli"));
+            c.arg("--socket").arg(&p.b.sock).args([
+                "migrate",
+                &format!("198.18.0.1:{port}"),
+                "198.18.0.10:80",
+                "--to",
+                "pc.bob",
+            ]);
+            c
+        });
+        let said = text(&o);
+        assert!(o.status.success(), "tsmp-cli migrate --to: {said}");
+        assert!(said.contains("to pc.bob (198.18.0.3): MTR sent"), "{said}");
+    } else {
+        let o = output(p.agent(&p.b.phone, "phone", &["migrate", &port, "--to", "pc"]));
+        let said = text(&o);
+        assert!(o.status.success(), "tsmp-agent migrate: {said}");
+        assert!(
+            said.contains("mfr accepted") && said.contains("resumed"),
+            "{said}"
+        );
+    }
 
     let phone_bytes: u64 = line_from(&mut ph, "done").parse().unwrap();
     let _ = ph.wait();
     let taken = line_from(&mut listen.0, "mtr migration=");
-    assert!(taken.contains("from=phone"), "{taken}");
+    let from = if operator {
+        "from=operator"
+    } else {
+        "from=phone"
+    };
+    assert!(taken.contains(from), "{taken}");
     wait_size(&pc_out, total - phone_bytes);
     let sent = line_from(&mut srv, "sent");
     assert_eq!(
@@ -282,8 +310,13 @@ fn stream_moves(tag: &str, local: bool) {
     assert!(moved.is_empty(), "server-side counters moved: {moved:?}");
     let (out, s) = p.stop();
     print_pauses("stream_moves", &out);
-    assert!(out.contains("mfr migration=1"), "{out}");
-    assert_eq!(s["control"]["mfr_accepted"], 1, "{s:#}");
+    if operator {
+        assert!(out.contains("operator migration=1"), "{out}");
+        assert_eq!(s["control"]["mfr_accepted"], 0, "{s:#}");
+    } else {
+        assert!(out.contains("mfr migration=1"), "{out}");
+        assert_eq!(s["control"]["mfr_accepted"], 1, "{s:#}");
+    }
     assert_eq!(s["control"]["mtr_sent"], 1, "{s:#}");
 }
 

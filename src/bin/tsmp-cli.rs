@@ -86,15 +86,20 @@ enum Cmd {
         #[arg(long)]
         watch: bool,
     },
-    /// Start a migration of a flow (the new device then connects to the migration port shown).
+    /// Start a migration of a flow: to a named device (`--to`, through its agent), or for a new
+    /// device that then connects to the migration port shown.
     Migrate {
         /// The device's IP:PORT.
         client: SocketAddrV4,
         /// The service address (VIP:PORT) or the migration port the flow talks to.
         vip: SocketAddrV4,
         /// The application's consumed byte offset to resume at (default: the device's last ACK).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "to")]
         offset: Option<u64>,
+        /// The device to move it to (`pc.bob`): the proxy resolves it with the naming server
+        /// and sends its agent the MTR (needs the proxy's agent control).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -292,13 +297,26 @@ fn run(a: &Args) -> Result<(), String> {
             client,
             vip,
             offset,
+            to,
         } => {
-            let v = ask(
-                &a.socket,
-                &json!({"migrate": {"client": client, "vip": vip, "offset": offset}}),
-            )?;
+            let req = match to {
+                Some(to) => json!({"migrate": {"client": client, "vip": vip, "to": to}}),
+                None => json!({"migrate": {"client": client, "vip": vip, "offset": offset}}),
+            };
+            let v = ask(&a.socket, &req)?;
             if a.json {
                 println!("{v}");
+            } else if let Some(to) = to {
+                println!(
+                    "migration {} of flow {}:{} to {to} ({}): MTR {}; it connects to {}:{}",
+                    v["migration"],
+                    v["worker"],
+                    v["flow"],
+                    s(&v["target_addr"]),
+                    s(&v["mtr"]),
+                    vip.ip(),
+                    v["migration_port"]
+                );
             } else {
                 println!(
                     "migrating flow {}:{} (device generation {}); the new device connects to {}:{}",
