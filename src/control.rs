@@ -283,7 +283,19 @@ fn default_limit() -> usize {
     100
 }
 
-/// The order of a `flows` listing.
+/// The tracking states `flows` filters on ([`crate::proxy::flow::TcpState::name`]).
+pub const STATES: [&str; 6] = [
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "TIME_WAIT",
+    "CLOSED",
+];
+/// The orders of a `flows` listing.
+pub const SORTS: [&str; 6] = ["id", "age", "client", "server", "cache", "state"];
+
+/// The order of a `flows` listing (one of [`SORTS`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Sort {
@@ -841,5 +853,82 @@ pub fn describe_event(ev: &Event) -> String {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::flow::TcpState;
+
+    #[test]
+    fn state_names_are_the_tracking_states() {
+        let all = [
+            TcpState::SynSent,
+            TcpState::SynRecv,
+            TcpState::Established,
+            TcpState::FinWait,
+            TcpState::TimeWait,
+            TcpState::Closed,
+        ];
+        assert_eq!(all.map(TcpState::name), STATES);
+        for s in all {
+            let back: TcpState = serde_json::from_str(&format!("\"{}\"", s.name())).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn the_log_keeps_steps_durations_outcomes_and_pauses_bounded() {
+        let mut log = MigrationLog::new(2);
+        for flow in 0..3u32 {
+            let base = u64::from(flow) * 1_000_000;
+            log.on_event(
+                0,
+                flow,
+                &Event::Paused {
+                    from: 0,
+                    to: 1,
+                    at: base,
+                },
+                1,
+            );
+            log.on_event(
+                0,
+                flow,
+                &Event::Connected {
+                    device: 1,
+                    resume_offset: 10,
+                    client_offset: 0,
+                    at: base + 2_000,
+                },
+                2,
+            );
+            assert_eq!(log.report().active.len(), 1);
+            log.on_event(
+                0,
+                flow,
+                &Event::Resumed {
+                    device: 1,
+                    replayed: 0,
+                    at: base + 2_500 + u64::from(flow) * 1000,
+                },
+                3,
+            );
+        }
+        let r = log.report();
+        assert!(r.active.is_empty());
+        // Bounded: the oldest went.
+        assert_eq!(r.recent.iter().map(|m| m.flow).collect::<Vec<_>>(), [1, 2]);
+        let m = &r.recent[1];
+        assert_eq!(m.steps.len(), 3);
+        assert_eq!(m.durations_ms[1], ("connected".to_owned(), 2.0));
+        assert_eq!(m.pause_ms, Some(4.5));
+        assert!(m.outcome.as_deref().unwrap().starts_with("resumed"));
+        // The histogram counts all three.
+        assert_eq!(r.pause_ms.count, 3);
+        assert!((r.pause_ms.max - 4.5).abs() < 0.01, "{:?}", r.pause_ms);
+        assert_eq!(log.of(0, 2).len(), 1);
+        assert!(log.of(0, 0).is_empty());
     }
 }

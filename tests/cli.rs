@@ -113,7 +113,7 @@ fn every_command_after_a_download_and_a_migration() {
     // Filters select and exclude.
     assert_eq!(json(sock, &["flows", "--client", "198.18.0.1"])["total"], 1);
     assert_eq!(json(sock, &["flows", "--client", "198.18.0.3"])["total"], 0);
-    assert_eq!(json(sock, &["flows", "--state", "syn-sent"])["total"], 0);
+    assert_eq!(json(sock, &["flows", "--state", "SYN_SENT"])["total"], 0);
     assert_eq!(
         json(sock, &["flows", "--server", "198.19.0.2:8080"])["total"],
         1

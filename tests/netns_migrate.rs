@@ -243,28 +243,7 @@ fn migrate_phone_to_pc_and_back_to_the_phone() {
     let out = proxy.stop();
     print_pauses("migrate_phone_to_pc_and_back_to_the_phone", &out);
 
-    let r = resume_offsets(&out);
-    assert_eq!(r.len(), 2, "two migrations:\n{out}");
-    let data: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
-    let cuts = [0, r[0], r[1], total];
-    for (k, d) in data.iter().enumerate() {
-        let want = cuts[k + 1] - cuts[k];
-        assert!(
-            d.len() as u64 >= want,
-            "device {k} has {} bytes, it should hold [{}, {}):\n{out}",
-            d.len(),
-            cuts[k],
-            cuts[k + 1]
-        );
-        if let Err(at) = pattern_from(&d[..usize::try_from(want).unwrap()], cuts[k]) {
-            panic!("device {k}: byte at stream offset {at} is wrong\n{out}");
-        }
-    }
-    assert_eq!(
-        data[2].len() as u64,
-        total - r[1],
-        "the phone got the end again"
-    );
+    assert_stitched(&files, &out, total);
     let moved = unchanged(&start, &end, &NEVER);
     assert!(moved.is_empty(), "{moved:?}\n{out}");
     assert!(out.contains("done=2"), "{out}");
@@ -353,20 +332,7 @@ fn the_old_device_cut_off_right_after_the_request() {
     let end = counters(&b.server);
     let out = proxy.stop();
     print_pauses("the_old_device_cut_off_right_after_the_request", &out);
-    let r = resume_offsets(&out);
-    assert_eq!(r.len(), 1, "{out}");
-    let (phone, pc) = (std::fs::read(&pf).unwrap(), std::fs::read(&cf).unwrap());
-    assert!(
-        phone.len() as u64 >= r[0],
-        "the phone acknowledged what it had:\n{out}"
-    );
-    if let Err(at) = pattern_from(&phone[..usize::try_from(r[0]).unwrap()], 0) {
-        panic!("phone byte at {at}\n{out}");
-    }
-    assert_eq!(pc.len() as u64, total - r[0], "the PC got the rest:\n{out}");
-    if let Err(at) = pattern_from(&pc, r[0]) {
-        panic!("PC byte at {at}\n{out}");
-    }
+    assert_stitched(&[pf.clone(), cf.clone()], &out, total);
     let moved = unchanged(&start, &end, &NEVER);
     assert!(moved.is_empty(), "{moved:?}\n{out}");
 }
@@ -401,7 +367,13 @@ sys.exit(1 if errors else 0)
 const DRAIN_MANY: &str = r#"
 import socket, sys, threading
 d, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-socks = [socket.create_connection(("198.18.0.10", p), timeout=60) for p in ports]
+socks = []
+for i, p in enumerate(ports):
+    try:
+        socks.append(socket.create_connection(("198.18.0.10", p), timeout=60))
+    except OSError as e:
+        print("port", i, "failed", p, e, flush=True)
+        sys.exit(1)
 for i, s in enumerate(socks):
     print("port", i, s.getsockname()[1], flush=True)
 def run(i, s):
@@ -455,7 +427,11 @@ fn fifty_connections_migrate_at_once() {
         .collect();
     let mut pc = drain_many(&b.pc, &cdir, &mports);
     for _ in 0..N {
-        let _ = line_from(&mut pc, "port");
+        let l = line_from(&mut pc, "port");
+        if l.contains("failed") {
+            let _ = srv.kill();
+            panic!("the PC could not connect: {l}\n{}", proxy.stop());
+        }
     }
     for _ in 0..N {
         proxy.wait_for(" resumed ", Duration::from_secs(30));
@@ -606,15 +582,9 @@ fn a_server_in_congestion_avoidance_keeps_its_ssthresh() {
     let b = bed("ca", &[]);
     // One segment toward the phone is lost (the 800th, about 1 MiB in): the server's fast
     // retransmit sets a finite ssthresh, and it is in congestion avoidance from then on.
-    let rules = write_rules(
+    drop_toward_phone(
         &b,
         "ip saddr 198.18.0.10 tcp sport 80 numgen inc mod 1000000 == 800 counter drop",
-    );
-    let o = b.phone.exec(&["nft", "-f", &rules]);
-    assert!(
-        o.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&o.stderr)
     );
     let mut proxy = Proxy::start(&b.cfg, &[]);
     let total: u64 = 24 << 20;
@@ -674,18 +644,7 @@ fn a_server_in_congestion_avoidance_keeps_its_ssthresh() {
     print_pauses("a_server_in_congestion_avoidance_keeps_its_ssthresh", &out);
     let last = assert_server_open_at_end(&b);
 
-    let r = resume_offsets(&out);
-    assert_eq!(r.len(), 1, "one migration:\n{out}");
-    let phone = std::fs::read(&files[0]).unwrap();
-    let pc = std::fs::read(&files[1]).unwrap();
-    let cut = usize::try_from(r[0]).unwrap();
-    assert!(
-        phone.len() >= cut,
-        "the phone holds less than the resume point\n{out}"
-    );
-    assert_eq!(pattern_from(&phone[..cut], 0), Ok(()));
-    assert_eq!(pattern_from(&pc, r[0]), Ok(()), "the PC's stream");
-    assert_eq!(r[0] + pc.len() as u64, total, "the PC got the rest\n{out}");
+    assert_stitched(&files, &out, total);
 
     let during = unchanged(&before, &frozen, &WATCHED);
     assert!(
@@ -704,6 +663,48 @@ fn a_server_in_congestion_avoidance_keeps_its_ssthresh() {
         "the server retransmitted after the request: {at_mfr:?} -> {last:?}\n{out}"
     );
     println!("TCP_INFO at the request {at_mfr:?}, at the end {last:?}");
+}
+
+/// The devices' files, in the order the flow visited them, cut at the resume points the
+/// proxy's log reports, are the server's stream exactly: each holds at least its part (the
+/// pattern from its cut), the last one exactly the rest.
+fn assert_stitched(files: &[std::path::PathBuf], out: &str, total: u64) {
+    let r = resume_offsets(out);
+    assert_eq!(r.len() + 1, files.len(), "migrations in the log:\n{out}");
+    let cuts: Vec<u64> = std::iter::once(0).chain(r).chain([total]).collect();
+    for (k, f) in files.iter().enumerate() {
+        let d = std::fs::read(f).unwrap();
+        let want = cuts[k + 1] - cuts[k];
+        assert!(
+            d.len() as u64 >= want,
+            "device {k} has {} bytes, it should hold [{}, {}):\n{out}",
+            d.len(),
+            cuts[k],
+            cuts[k + 1]
+        );
+        if let Err(at) = pattern_from(&d[..usize::try_from(want).unwrap()], cuts[k]) {
+            panic!("device {k}: byte at stream offset {at} is wrong\n{out}");
+        }
+        if k + 1 == files.len() {
+            assert_eq!(
+                d.len() as u64,
+                want,
+                "the last device got exactly the rest:\n{out}"
+            );
+        }
+    }
+}
+
+/// Loads an nftables rule into the phone's namespace, applied to frames arriving there (before
+/// its TCP sees them).
+fn drop_toward_phone(b: &Bed, rule: &str) {
+    let rules = write_rules(b, rule);
+    let o = b.phone.exec(&["nft", "-f", &rules]);
+    assert!(
+        o.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// An nftables ruleset for the phone's namespace that applies `rule` to frames arriving
@@ -821,15 +822,9 @@ fn freeze_and_resends(segs: &[Seg]) -> (Option<f64>, Option<f64>, Vec<f64>) {
 fn migrate_under_loss_on_the_phone_link() {
     let b = bed("l", &[]);
     // 1% of the segments toward the phone are lost before its TCP sees them.
-    let rules = write_rules(
+    drop_toward_phone(
         &b,
         "ip saddr 198.18.0.10 tcp sport 80 numgen random mod 1000 < 10 counter drop",
-    );
-    let o = b.phone.exec(&["nft", "-f", &rules]);
-    assert!(
-        o.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&o.stderr)
     );
     let mut proxy = Proxy::start(&b.cfg, &[]);
     let cap = Capture::start(&b);
@@ -857,18 +852,7 @@ fn migrate_under_loss_on_the_phone_link() {
     print_pauses("migrate_under_loss_on_the_phone_link", &out);
     assert_server_open_at_end(&b);
 
-    let r = resume_offsets(&out);
-    assert_eq!(r.len(), 1, "one migration:\n{out}");
-    let phone = std::fs::read(&files[0]).unwrap();
-    let pc = std::fs::read(&files[1]).unwrap();
-    let cut = usize::try_from(r[0]).unwrap();
-    assert!(
-        phone.len() >= cut,
-        "the phone holds less than the resume point\n{out}"
-    );
-    assert_eq!(pattern_from(&phone[..cut], 0), Ok(()));
-    assert_eq!(pattern_from(&pc, r[0]), Ok(()), "the PC's stream");
-    assert_eq!(r[0] + pc.len() as u64, total, "the PC got the rest\n{out}");
+    assert_stitched(&files, &out, total);
 
     // From the server's interface: the lossy link made it retransmit before the freeze; the
     // freeze's ACK covered whatever the phone had lost, so nothing was sent again while frozen.

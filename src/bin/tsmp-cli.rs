@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::PossibleValuesParser;
+use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use tsmp::control::{SORTS, STATES};
 
 #[derive(Parser)]
 #[command(
@@ -38,8 +40,8 @@ enum Cmd {
     /// List flows (filtered, sorted, paged).
     Flows {
         /// Tracking state.
-        #[arg(long, value_enum)]
-        state: Option<State>,
+        #[arg(long, value_parser = PossibleValuesParser::new(STATES))]
+        state: Option<String>,
         /// The device's address, or IP:PORT.
         #[arg(long)]
         client: Option<String>,
@@ -56,8 +58,8 @@ enum Cmd {
         #[arg(long)]
         not_migrating: bool,
         /// Order.
-        #[arg(long, value_enum, default_value = "id")]
-        sort: SortBy,
+        #[arg(long, value_parser = PossibleValuesParser::new(SORTS), default_value = "id")]
+        sort: String,
         /// Skip this many.
         #[arg(long, default_value_t = 0)]
         offset: usize,
@@ -101,26 +103,6 @@ enum Cmd {
         #[arg(long)]
         to: Option<String>,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum State {
-    SynSent,
-    SynRecv,
-    Established,
-    FinWait,
-    TimeWait,
-    Closed,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum SortBy {
-    Id,
-    Age,
-    Client,
-    Server,
-    Cache,
-    State,
 }
 
 fn main() -> ExitCode {
@@ -185,11 +167,7 @@ fn run(a: &Args) -> Result<(), String> {
         } => {
             let mut filter = serde_json::Map::new();
             if let Some(s) = state {
-                let name = s.to_possible_value().map(|v| v.get_name().to_owned());
-                filter.insert(
-                    "state".into(),
-                    json!(name.unwrap_or_default().replace('-', "_").to_uppercase()),
-                );
+                filter.insert("state".into(), json!(s));
             }
             for (k, v) in [("client", client), ("server", server)] {
                 if let Some(v) = v {
@@ -202,7 +180,6 @@ fn run(a: &Args) -> Result<(), String> {
             if *migrating || *not_migrating {
                 filter.insert("migrating".into(), json!(*migrating));
             }
-            let sort = sort.to_possible_value().map(|v| v.get_name().to_owned());
             let v = ask(
                 &a.socket,
                 &json!({"flows": {"filter": filter, "sort": sort, "offset": offset, "limit": limit}}),
