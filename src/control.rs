@@ -34,7 +34,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 
-use crate::migrate::engine::Event;
+use crate::migrate::engine::{Engine, Event, Phase, SharedBuf};
 use crate::msg::Reason;
 use crate::proxy::ProxyCore;
 
@@ -130,8 +130,8 @@ pub enum Command {
 }
 
 /// Slots a worker scans for one [`Command::Flows`]: the bound on the time one snapshot
-/// request takes from forwarding (tens of microseconds).
-pub const SCAN_SLOTS: u32 = 16384;
+/// request takes from forwarding (`bench/flowlist` measures it against a burst's time).
+pub const SCAN_SLOTS: u32 = 1024;
 
 /// What `flows` selects (every field optional; all given must hold). Applied by the owning
 /// worker while it scans, so only matching flows cross to the slow path.
@@ -169,8 +169,71 @@ impl FlowFilter {
     }
 }
 
+/// Up to [`SCAN_SLOTS`] slots of `core`'s table from `cursor`: the live flows `filter`
+/// selects (worker `index`'s answer to [`Command::Flows`]; bounded work, between bursts).
+pub fn flow_page<B: SharedBuf>(
+    core: &ProxyCore,
+    engines: &[Option<Box<Engine<B>>>],
+    index: usize,
+    filter: &FlowFilter,
+    cursor: u32,
+) -> FlowPage {
+    let cap = u32::try_from(core.flows.capacity()).unwrap_or(u32::MAX);
+    let end = cursor.saturating_add(SCAN_SLOTS).min(cap);
+    let flows = (cursor..end)
+        .filter_map(|slot| flow_info(core, engines, index, slot))
+        .filter(|f| filter.matches(f))
+        .collect();
+    FlowPage {
+        flows,
+        next: (end < cap).then_some(end),
+    }
+}
+
+/// The operator's view of the flow in `slot` of worker `index`, if one lives there.
+pub fn flow_info<B: SharedBuf>(
+    core: &ProxyCore,
+    engines: &[Option<Box<Engine<B>>>],
+    index: usize,
+    slot: u32,
+) -> Option<FlowInfo> {
+    let t = &core.flows;
+    if !t.contains(slot) {
+        return None;
+    }
+    let f = t.get(slot);
+    let sa = |(ip, port): (u32, u16)| SocketAddrV4::new(Ipv4Addr::from(ip), port);
+    let leg = |o: &crate::proxy::flow::LegOptions| LegInfo {
+        mss: o.mss,
+        wscale: o.wscale,
+        sack: o.sack,
+        ts: o.ts,
+    };
+    let ms = |ticks: u32| u64::from(ticks) * crate::proxy::flow::TICK_MS;
+    let engine = engines.get(slot as usize).and_then(|e| e.as_ref());
+    let phase = engine.map(|e| e.phase());
+    Some(FlowInfo {
+        id: String::new(),
+        worker: index,
+        slot,
+        client: sa(f.client),
+        vip: sa(f.vip),
+        backend: sa(f.backend),
+        snat: sa(f.snat),
+        state: f.state.name(),
+        age_ms: ms(t.tick().wrapping_sub(f.created)),
+        expires_ms: ms(f.expires.saturating_sub(t.tick())),
+        device: engine.map_or(0, |e| e.device()),
+        phase: phase.map_or("none", Phase::name),
+        migrating: matches!(phase, Some(Phase::Paused | Phase::Resuming)),
+        cache_bytes: engine.map_or(0, |e| e.cache_bytes()),
+        client_opts: leg(&f.client_opts),
+        server_opts: leg(&f.server_opts),
+    })
+}
+
 /// A worker's answer to [`Command::Flows`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FlowPage {
     /// The matching flows of the scanned slots.
     pub flows: Vec<FlowInfo>,
@@ -191,8 +254,9 @@ pub struct LegInfo {
     pub ts: bool,
 }
 
-/// A flow as the operator sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A flow as the operator sees it. Built by the owning worker without allocating (the
+/// slow path names it: `id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlowInfo {
     /// `worker:slot`, the flow's name for `flow` and `migrate`.
     pub id: String,
@@ -209,7 +273,7 @@ pub struct FlowInfo {
     /// The proxy's source address and port toward the backend.
     pub snat: SocketAddrV4,
     /// Tracking state.
-    pub state: String,
+    pub state: &'static str,
     /// Time since the flow's SYN, ms (timing-wheel resolution).
     pub age_ms: u64,
     /// Time until the idle timeout, ms.
@@ -218,7 +282,7 @@ pub struct FlowInfo {
     pub device: u32,
     /// The migration engine's phase (`forwarding`, `paused`, `resuming`, ...), `none` without
     /// an engine.
-    pub phase: String,
+    pub phase: &'static str,
     /// Paused or resuming.
     pub migrating: bool,
     /// Bytes the flow's caches hold (both directions).
@@ -231,7 +295,7 @@ pub struct FlowInfo {
 
 /// One flow in detail: [`FlowInfo`] and the engine's own account (legs, sequence offsets,
 /// window scales, caches).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlowDetail {
     /// The summary.
     pub flow: FlowInfo,
@@ -383,7 +447,10 @@ impl Workers {
                     cursor: c,
                     reply,
                 })?;
-                all.extend(page.flows);
+                all.extend(page.flows.into_iter().map(|mut f| {
+                    f.id = format!("{}:{}", f.worker, f.slot);
+                    f
+                }));
                 cursor = page.next;
             }
         }
@@ -399,7 +466,11 @@ impl Workers {
 
     /// Flow `slot` of worker `w`, in detail.
     pub fn flow(&self, w: usize, slot: u32) -> Result<Option<FlowDetail>, String> {
-        self.ask(w, |reply| Command::Flow { slot, reply })
+        let mut d = self.ask(w, |reply| Command::Flow { slot, reply })?;
+        if let Some(d) = d.as_mut() {
+            d.flow.id = format!("{w}:{slot}");
+        }
+        Ok(d)
     }
 
     /// Asks the owning worker to start a migration.
@@ -578,7 +649,7 @@ impl ControlServer {
             Sort::Client => all.sort_by_key(|f| f.client),
             Sort::Server => all.sort_by_key(|f| f.backend),
             Sort::Cache => all.sort_by_key(|f| std::cmp::Reverse(f.cache_bytes)),
-            Sort::State => all.sort_by(|a, b| a.state.cmp(&b.state)),
+            Sort::State => all.sort_by_key(|f| f.state),
         }
         let total = all.len();
         let items: Vec<FlowInfo> = all.into_iter().skip(offset).take(limit).collect();

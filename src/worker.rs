@@ -12,15 +12,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-
 use crate::control::{
-    Command, EventRing, FlowDetail, FlowFilter, FlowInfo, FlowPage, LegInfo, Migrating, Refusal,
-    SCAN_SLOTS,
+    Command, EventRing, FlowDetail, FlowFilter, FlowInfo, FlowPage, Migrating, Refusal,
 };
 use crate::dpdk::{rdtsc, Burst, Mbuf, Mempool, RxQueue, TxQueue, TxResult};
 use crate::migrate::cache::Budget;
-use crate::migrate::engine::{Engine, EngineConfig, Event, Leg, Phase, Verdict as Verdict2};
+use crate::migrate::engine::{Engine, EngineConfig, Event, Leg, Verdict as Verdict2};
 use crate::msg::Reason;
 use crate::proxy::{FlowHit, ProxyCore, Verdict};
 use crate::stats::{ProxyCounters, ProxyExtra, WorkerCounters, WorkerSnapshot};
@@ -312,53 +309,12 @@ impl ProxyWorker<'_> {
 
     /// Up to [`SCAN_SLOTS`] slots of the table from `cursor`: the live flows `filter` selects.
     fn flow_page(&self, filter: &FlowFilter, cursor: u32) -> FlowPage {
-        let cap = u32::try_from(self.core.flows.capacity()).unwrap_or(u32::MAX);
-        let end = cursor.saturating_add(SCAN_SLOTS).min(cap);
-        let flows = (cursor..end)
-            .filter_map(|slot| self.flow_info(slot))
-            .filter(|f| filter.matches(f))
-            .collect();
-        FlowPage {
-            flows,
-            next: (end < cap).then_some(end),
-        }
+        crate::control::flow_page(&self.core, &self.engines, self.index, filter, cursor)
     }
 
     /// The operator's view of the flow in `slot`, if one lives there.
     fn flow_info(&self, slot: u32) -> Option<FlowInfo> {
-        let t = &self.core.flows;
-        if !t.contains(slot) {
-            return None;
-        }
-        let f = t.get(slot);
-        let sa = |(ip, port): (u32, u16)| SocketAddrV4::new(Ipv4Addr::from(ip), port);
-        let leg = |o: &crate::proxy::flow::LegOptions| LegInfo {
-            mss: o.mss,
-            wscale: o.wscale,
-            sack: o.sack,
-            ts: o.ts,
-        };
-        let ms = |ticks: u32| u64::from(ticks) * crate::proxy::flow::TICK_MS;
-        let engine = self.engines.get(slot as usize).and_then(|e| e.as_ref());
-        let phase = engine.map(|e| e.phase());
-        Some(FlowInfo {
-            id: format!("{}:{slot}", self.index),
-            worker: self.index,
-            slot,
-            client: sa(f.client),
-            vip: sa(f.vip),
-            backend: sa(f.backend),
-            snat: sa(f.snat),
-            state: f.state.name().to_owned(),
-            age_ms: ms(t.tick().wrapping_sub(f.created)),
-            expires_ms: ms(f.expires.saturating_sub(t.tick())),
-            device: engine.map_or(0, |e| e.device()),
-            phase: phase.map_or("none".into(), |p| format!("{p:?}").to_lowercase()),
-            migrating: matches!(phase, Some(Phase::Paused | Phase::Resuming)),
-            cache_bytes: engine.map_or(0, |e| e.cache_bytes()),
-            client_opts: leg(&f.client_opts),
-            server_opts: leg(&f.server_opts),
-        })
+        crate::control::flow_info(&self.core, &self.engines, self.index, slot)
     }
 
     /// An accepted migration request: freeze the flow and reserve the port its target

@@ -346,6 +346,19 @@ pub enum Phase {
     Closed,
 }
 
+impl Phase {
+    /// Stable lower-case name (operator tools).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Handshake => "handshake",
+            Phase::Forwarding => "forwarding",
+            Phase::Paused => "paused",
+            Phase::Resuming => "resuming",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
 /// Counters of one flow's engine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
