@@ -61,11 +61,12 @@ fn syn(i: u32, buf: &mut [u8]) -> usize {
     write_tcp_frame(buf, &ep, &f, &[]).unwrap_or(0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+/// The `pct`-th percentile of sorted values.
+fn percentile(sorted: &[f64], pct: usize) -> f64 {
+    sorted
+        .get((sorted.len().saturating_sub(1)) * pct / 100)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn main() -> Result<(), String> {
@@ -147,8 +148,8 @@ fn main() -> Result<(), String> {
     let mut sorted = pages.clone();
     sorted.sort_by(f64::total_cmp);
     let (p50, p99, max) = (
-        percentile(&sorted, 0.5),
-        percentile(&sorted, 0.99),
+        percentile(&sorted, 50),
+        percentile(&sorted, 99),
         sorted.last().copied().unwrap_or(0.0),
     );
     println!(
