@@ -247,6 +247,21 @@ impl AgentPlane {
         })?
     }
 
+    /// The addresses of `user`'s registered devices, from the naming server (the device list
+    /// each registration adds to, then each device's address record).
+    pub fn user_addresses(&self, user: &str) -> Result<Vec<Ipv4Addr>, String> {
+        let sh = self.shared.clone();
+        let user = user.to_owned();
+        let ns = sh.netns.clone();
+        in_netns(ns.as_deref(), move || {
+            let devices = sh.resolver.devices_of(&user).map_err(|e| e.to_string())?;
+            Ok(devices
+                .iter()
+                .filter_map(|d| sh.resolver.device(d).ok().map(|r| r.addr))
+                .collect())
+        })?
+    }
+
     /// Binds the agents' address (inside the exception path's namespace).
     pub fn bind(
         s: AgentSettings,

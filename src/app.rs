@@ -15,7 +15,7 @@ use crate::agents::{AgentCounters, AgentPlane, AgentSettings, AgentSnapshot};
 use crate::config::{Config, Mode, RssMode};
 use crate::control::{
     describe_event, CommandRings, ControlServer, EventRing, Live, MigrationLog, OperatorMigrate,
-    Workers,
+    UserAddresses, Workers,
 };
 use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
 use crate::migrate::cache::Budget;
@@ -436,10 +436,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                     Some(p) => p.operator_migrate(client, vip, to),
                     None => Err("no agent control".to_owned()),
                 };
+                let users = |u: &str| match plane {
+                    Some(p) => p.user_addresses(u),
+                    None => Err("no naming server".to_owned()),
+                };
                 c.poll(&Live {
                     stats: &stats,
                     log: &log,
                     operator: plane.is_some().then_some(&op as &OperatorMigrate<'_>),
+                    user_addresses: plane.is_some().then_some(&users as &UserAddresses<'_>),
                 });
             }
             if let Some(m) = &metrics {

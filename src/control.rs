@@ -12,7 +12,8 @@
 //! {"migrate": {"client": "198.18.0.1:40000", "vip": "198.18.0.10:80", "offset": 123456}}
 //!   -> {"ok": {"worker": 0, "flow": 3, "device": 1, "migration_port": 40001, "service": "..."}}
 //! {"flows": {"filter": {"state": "ESTABLISHED", "client": "198.18.0.1:0", "server": "...",
-//!            "device": 1, "migrating": true}, "sort": "id|age|client|server|cache|state",
+//!            "device": 1, "migrating": true}, "user": "bob",
+//!            "sort": "id|age|client|server|cache|state",
 //!            "offset": 0, "limit": 100}}
 //!   -> {"ok": {"total": 1, "offset": 0, "items": [FlowInfo, ...]}}
 //! {"flow": {"id": "0:3"}}  or  {"flow": {"client": "198.18.0.1:40000", "vip": "198.18.0.10:80"}}
@@ -324,6 +325,8 @@ enum Request {
         #[serde(default)]
         filter: FlowFilter,
         #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
         sort: Sort,
         #[serde(default)]
         offset: usize,
@@ -606,10 +609,11 @@ impl ControlServer {
             },
             Request::Flows {
                 filter,
+                user,
                 sort,
                 offset,
                 limit,
-            } => json(self.flows(filter, sort, offset, limit)),
+            } => json(self.flows(filter, user.as_deref(), live, (sort, offset, limit))),
             Request::Flow { id, client, vip } => json(self.flow(id, client, vip, live)),
             Request::Stats {} => Reply::Ok((live.stats)()),
             Request::Latency {} => json(self.latency(live)),
@@ -638,11 +642,23 @@ impl ControlServer {
     fn flows(
         &self,
         filter: FlowFilter,
-        sort: Sort,
-        offset: usize,
-        limit: usize,
+        user: Option<&str>,
+        live: &Live<'_>,
+        (sort, offset, limit): (Sort, usize, usize),
     ) -> Result<serde_json::Value, String> {
+        let devices = match user {
+            None => None,
+            Some(u) => Some(live.user_addresses.ok_or_else(|| {
+                format!(
+                    "cannot select user {u}'s flows: this proxy has no naming server \
+                     ([control] names and agents)"
+                )
+            })?(u)?),
+        };
         let mut all = self.workers.flows(filter)?;
+        if let Some(addrs) = devices {
+            all.retain(|f| addrs.contains(f.client.ip()));
+        }
         match sort {
             Sort::Id => {}
             Sort::Age => all.sort_by_key(|f| std::cmp::Reverse(f.age_ms)),
@@ -740,7 +756,12 @@ pub struct Live<'a> {
     pub log: &'a MigrationLog,
     /// An operator's migration to a named device (with agent control).
     pub operator: Option<&'a OperatorMigrate<'a>>,
+    /// The addresses of a user's devices (with a naming server).
+    pub user_addresses: Option<&'a UserAddresses<'a>>,
 }
+
+/// `user` -> the addresses of the user's registered devices.
+pub type UserAddresses<'a> = dyn Fn(&str) -> Result<Vec<Ipv4Addr>, String> + 'a;
 
 /// `(client, vip, device.user)` -> the started migration, through the agent control plane.
 pub type OperatorMigrate<'a> =

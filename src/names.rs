@@ -124,6 +124,13 @@ impl DeviceId {
         }
     }
 
+    /// `_devices.<user>.<zone>`: the user's device list.
+    pub fn devices_name(&self, zone: &Name) -> Result<Name, NameError> {
+        Name::from_str(&format!("_devices.{}", self.user))
+            .and_then(|n| n.append_domain(zone))
+            .map_err(|e| NameError::BadName(format!("{self}: {e}")))
+    }
+
     /// `<device>.<user>.<zone>`.
     pub fn fqdn(&self, zone: &Name) -> Result<Name, NameError> {
         Name::from_str(&format!("{}.{}", self.device, self.user))
@@ -400,6 +407,13 @@ impl Resolver {
             TTL,
             RData::SRV(SRV::new(0, 0, rec.agent_port, name)),
         ));
+        // The user's device list (`_devices.<user>.<zone>`, one TXT string per device): added
+        // to, never replaced, so each device's registration keeps the others.
+        m.add_authority(Record::from_rdata(
+            id.devices_name(&self.zone)?,
+            TTL,
+            RData::TXT(TXT::new(vec![id.device.clone()])),
+        ));
         let id16 = m.metadata.id;
         m.finalize(&key.signer()?, unix_now())
             .map_err(|e| NameError::Key(e.to_string()))?;
@@ -434,6 +448,23 @@ impl Resolver {
             code: mnemonic(code),
             why: why.into(),
         })
+    }
+
+    /// The devices `user` registered (from `_devices.<user>.<zone>`); none is an empty list.
+    pub fn devices_of(&self, user: &str) -> Result<Vec<DeviceId>, NameError> {
+        let probe = DeviceId::new("x", user)?;
+        Ok(self
+            .query(&probe.devices_name(&self.zone)?, RecordType::TXT)?
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => t
+                    .txt_data
+                    .first()
+                    .and_then(|d| std::str::from_utf8(d).ok())
+                    .and_then(|d| DeviceId::new(d, user).ok()),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Publishes (or replaces) device `id`'s records, signed with its user's key.

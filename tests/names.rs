@@ -150,6 +150,20 @@ fn devices_register_resolve_move_and_survive_a_restart() {
     );
     assert!(dig(addr, "phone.bob.tsmp.test", "TXT").starts_with("\"tsmp-key=ed25519:"));
 
+    // The user's device list grows with each device, once per device.
+    let laptop = DeviceId::new("laptop", "bob").unwrap();
+    r.register(&bob, &laptop, &rec(9, 7001, 9)).unwrap();
+    r.register(&bob, &laptop, &rec(9, 7001, 9)).unwrap();
+    let mut devs: Vec<String> = r
+        .devices_of("bob")
+        .unwrap()
+        .into_iter()
+        .map(|d| d.device)
+        .collect();
+    devs.sort();
+    assert_eq!(devs, ["laptop", "phone"]);
+    assert!(r.devices_of("eve").unwrap().is_empty());
+
     // The device moves: its records are replaced, not added to.
     r.register(&bob, &phone, &rec(5, 7002, 2)).unwrap();
     assert_eq!(r.device(&phone).unwrap(), rec(5, 7002, 2));

@@ -262,6 +262,16 @@ fn stream_moves(tag: &str, local: bool, operator: bool) {
         let said = text(&o);
         assert!(o.status.success(), "tsmp-cli migrate --to: {said}");
         assert!(said.contains("to pc.bob (198.18.0.3): MTR sent"), "{said}");
+        // The operator selects a user's flows by name (the naming server's device list).
+        for (user, want) in [("bob", 1), ("eve", 0)] {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_tsmp-cli"));
+            c.arg("--socket")
+                .arg(&p.b.sock)
+                .args(["flows", "--user", user, "--json"]);
+            let o = output(c);
+            let v: serde_json::Value = serde_json::from_str(text(&o).trim()).unwrap();
+            assert_eq!(v["total"], want, "flows of {user}: {v}");
+        }
     } else {
         let o = output(p.agent(&p.b.phone, "phone", &["migrate", &port, "--to", "pc"]));
         let said = text(&o);

@@ -51,6 +51,9 @@ enum Cmd {
         /// The device generation holding the flow (0: the one that opened it).
         #[arg(long)]
         device: Option<u32>,
+        /// Only flows of this user's registered devices (needs the proxy's naming server).
+        #[arg(long)]
+        user: Option<String>,
         /// Only flows being migrated.
         #[arg(long, conflicts_with = "not_migrating")]
         migrating: bool,
@@ -159,6 +162,7 @@ fn run(a: &Args) -> Result<(), String> {
             client,
             server,
             device,
+            user,
             migrating,
             not_migrating,
             sort,
@@ -182,7 +186,7 @@ fn run(a: &Args) -> Result<(), String> {
             }
             let v = ask(
                 &a.socket,
-                &json!({"flows": {"filter": filter, "sort": sort, "offset": offset, "limit": limit}}),
+                &json!({"flows": {"filter": filter, "user": user, "sort": sort, "offset": offset, "limit": limit}}),
             )?;
             if a.json {
                 println!("{v}");
