@@ -559,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn a_registration_is_a_signed_update_of_three_rrsets() {
+    fn a_registration_replaces_three_rrsets_and_adds_to_the_device_list() {
         let r = Resolver::new("127.0.0.1:53".parse().unwrap(), zone("tsmp.test").unwrap());
         let k: TsigKey = "bob:MDEyMzQ1Njc4OWFiY2RlZg==".parse().unwrap();
         let id = DeviceId::new("phone", "bob").unwrap();
@@ -572,7 +572,11 @@ mod tests {
         let m = Message::from_vec(&bytes).unwrap();
         assert_eq!(m.metadata.id, mid);
         assert_eq!(m.metadata.op_code, OpCode::Update);
-        assert_eq!(m.authorities.len(), 6);
+        // Three deletions, three records, and the device added to the user's list.
+        assert_eq!(m.authorities.len(), 7);
+        let list = m.authorities.last().unwrap();
+        assert_eq!(list.name.to_string(), "_devices.bob.tsmp.test.");
+        assert!(matches!(&list.data, RData::TXT(t) if t.txt_data[0].as_ref() == b"phone"));
         assert!(m.signature().is_some());
         let (_, _, range) = k
             .signer()
