@@ -250,6 +250,11 @@ fn every_command_after_a_download_and_a_migration() {
         );
     }
     let pcap = b.dir.0.join("client.pcap");
+    // Traffic for the whole capture, whatever the download's pace: the phone pings the VIP
+    // (the proxy answers itself).
+    let mut ping = b
+        .phone
+        .spawn(&["ping", "-n", "-c", "400", "-i", "0.02", "198.18.0.10"]);
     let o = Command::new("dpdk-dumpcap")
         .arg(format!("--file-prefix={prefix}"))
         .args(["-i", "0", "-P", "-q", "-c", "50", "-a", "duration:10", "-w"])
@@ -262,6 +267,8 @@ fn every_command_after_a_download_and_a_migration() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    let _ = ping.kill();
+    let _ = ping.wait();
     let read = Command::new("tcpdump")
         .args(["-n", "-r"])
         .arg(&pcap)
@@ -271,10 +278,13 @@ fn every_command_after_a_download_and_a_migration() {
     assert!(
         lines
             .lines()
-            .filter(|l| l.contains("198.18.0.10.40000"))
+            .filter(|l| {
+                l.contains("198.18.0.10.40000 > 198.18.0.3")
+                    || l.contains("198.18.0.10 > 198.18.0.1: ICMP echo reply")
+            })
             .count()
             >= 10,
-        "the capture holds the PC's segments:\n{lines}"
+        "the capture holds the proxy's frames (the PC's download or the answers to pings):\n{lines}"
     );
 
     // The Prometheus endpoint scrapes: the same counters, the pause summary.
