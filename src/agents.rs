@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
-use crate::control::{describe_event, MigrateRequest, Migrating, Workers};
+use crate::control::{describe_event, tuple, MigrateRequest, Migrating, Workers};
 use crate::migrate::engine::Event;
 use crate::msg::{
     self, now_ms, read_sealed, Body, FrameError, Freshness, Mfr, MfrReply, Mtr, Outcome, Reason,
@@ -198,12 +198,11 @@ impl AgentPlane {
             };
             let id = DeviceId::new(device, user).map_err(|e| e.to_string())?;
             let rec = lookup(&sh, &id, Reason::UnknownTarget).map_err(|(_, e)| e)?;
-            let ip = |a: SocketAddrV4| (u32::from(*a.ip()), a.port());
             let m = sh
                 .workers
                 .migrate(MigrateRequest {
-                    client: ip(client),
-                    vip: ip(vip),
+                    client: tuple(client),
+                    vip: tuple(vip),
                     offset: None,
                     counter: None,
                     expect: Some(u32::from(rec.addr)),
@@ -214,30 +213,9 @@ impl AgentPlane {
                 "operator migration={n} {client}-{vip} -> {id} ({}) worker={} flow={} port={}",
                 rec.addr, m.worker, m.flow, m.migration_port
             );
-            let mtr = Mtr {
-                migration: n,
-                user: id.user.clone(),
-                device: id.device.clone(),
-                from: "operator".into(),
-                service: m.service,
-                connect: SocketAddrV4::new(*vip.ip(), m.migration_port),
-                counter: m.device,
-                deadline_ms: now_ms() + u64::try_from(sh.deadline.as_millis()).unwrap_or(u64::MAX),
-                ts_ms: now_ms(),
-                nonce: msg::nonce(),
-            };
-            let agent = SocketAddrV4::new(rec.addr, rec.agent_port);
-            let mtr_result = match send_mtr(&sh, &mtr, agent, &rec.key) {
-                Ok(()) => {
-                    sh.counters.mtr_sent.fetch_add(1, Ordering::Relaxed);
-                    println!("mtr migration={n} sent to {id} at {agent}");
-                    "sent".to_owned()
-                }
-                Err(e) => {
-                    sh.counters.mtr_failed.fetch_add(1, Ordering::Relaxed);
-                    println!("mtr migration={n} to {id} at {agent} failed: {e}");
-                    format!("failed: {e}; the flow returns to its device at the deadline")
-                }
+            let mtr_result = match send_mtr_for(&sh, n, &id, &rec, "operator", *vip.ip(), &m) {
+                Ok(_) => "sent".to_owned(),
+                Err(e) => format!("failed: {e}; the flow returns to its device at the deadline"),
             };
             Ok(serde_json::json!({
                 "migration": n, "worker": m.worker, "flow": m.flow, "device": m.device,
@@ -543,11 +521,10 @@ fn run(
     (t0, t_read): (Instant, Duration),
 ) {
     let t_checked = t0.elapsed();
-    let ip = |a: SocketAddrV4| (u32::from(*a.ip()), a.port());
     let since = Instant::now();
     let m: Migrating = match sh.workers.migrate(MigrateRequest {
-        client: ip(mfr.client),
-        vip: ip(mfr.server),
+        client: tuple(mfr.client),
+        vip: tuple(mfr.server),
         offset: None,
         counter: Some(mfr.counter),
         expect: Some(u32::from(rec.addr)),
@@ -599,55 +576,30 @@ fn run(
         },
         &mfr.nonce,
     );
-    let mtr = Mtr {
-        migration: id,
-        user: target.user.clone(),
-        device: target.device.clone(),
-        from: mfr.device.clone(),
-        service: m.service,
-        connect: SocketAddrV4::new(*mfr.server.ip(), m.migration_port),
-        counter: m.device,
-        deadline_ms: now_ms() + u64::try_from(sh.deadline.as_millis()).unwrap_or(u64::MAX),
-        ts_ms: now_ms(),
-        nonce: msg::nonce(),
-    };
     let t_mtr = Instant::now();
-    let agent = SocketAddrV4::new(rec.addr, rec.agent_port);
-    match send_mtr(sh, &mtr, agent, &rec.key) {
-        Ok(()) => {
-            sh.counters.mtr_sent.fetch_add(1, Ordering::Relaxed);
-            println!("mtr migration={id} sent to {target} at {agent}");
-            status(
-                sh,
-                &mut stream,
-                id,
-                "mtr_sent",
-                format!(
-                    "to {target} at {agent} in {:.1} ms; it connects to {}",
-                    t_mtr.elapsed().as_secs_f64() * 1000.0,
-                    mtr.connect
-                ),
-                false,
-                now_ms(),
-            );
-        }
-        Err(e) => {
-            sh.counters.mtr_failed.fetch_add(1, Ordering::Relaxed);
-            println!("mtr migration={id} to {target} at {agent} failed: {e}");
-            status(
-                sh,
-                &mut stream,
-                id,
-                "mtr_failed",
-                format!(
-                    "{target} at {agent}: {e}; the flow returns to {} at the deadline",
-                    mfr.device
-                ),
-                false,
-                now_ms(),
-            );
-        }
-    }
+    match send_mtr_for(sh, id, target, rec, &mfr.device, *mfr.server.ip(), &m) {
+        Ok((agent, connect)) => status(
+            sh,
+            &mut stream,
+            id,
+            "mtr_sent",
+            format!(
+                "to {target} at {agent} in {:.1} ms; it connects to {connect}",
+                t_mtr.elapsed().as_secs_f64() * 1000.0,
+            ),
+            false,
+            now_ms(),
+        ),
+        Err(e) => status(
+            sh,
+            &mut stream,
+            id,
+            "mtr_failed",
+            format!("{e}; the flow returns to {} at the deadline", mfr.device),
+            false,
+            now_ms(),
+        ),
+    };
     // Progress until the migration ends (the engine always ends it: resumed, cancelled at
     // the deadline, or reset).
     let give_up = Instant::now() + sh.deadline * 3 + Duration::from_secs(10);
@@ -670,6 +622,45 @@ fn run(
         );
         if !status(sh, &mut stream, id, phase, detail, last, at) || last {
             break;
+        }
+    }
+}
+
+/// Sends `target`'s agent the signed MTR of migration `id` (started by the worker as `m`, on
+/// behalf of `from`; the target connects to `vip`'s migration port), counts and logs it.
+/// The agent's address and where the target connects, or what failed.
+fn send_mtr_for(
+    sh: &Shared,
+    id: u64,
+    target: &DeviceId,
+    rec: &DeviceRecord,
+    from: &str,
+    vip: Ipv4Addr,
+    m: &Migrating,
+) -> Result<(SocketAddrV4, SocketAddrV4), String> {
+    let mtr = Mtr {
+        migration: id,
+        user: target.user.clone(),
+        device: target.device.clone(),
+        from: from.to_owned(),
+        service: m.service,
+        connect: SocketAddrV4::new(vip, m.migration_port),
+        counter: m.device,
+        deadline_ms: now_ms() + u64::try_from(sh.deadline.as_millis()).unwrap_or(u64::MAX),
+        ts_ms: now_ms(),
+        nonce: msg::nonce(),
+    };
+    let agent = SocketAddrV4::new(rec.addr, rec.agent_port);
+    match send_mtr(sh, &mtr, agent, &rec.key) {
+        Ok(()) => {
+            sh.counters.mtr_sent.fetch_add(1, Ordering::Relaxed);
+            println!("mtr migration={id} sent to {target} at {agent}");
+            Ok((agent, mtr.connect))
+        }
+        Err(e) => {
+            sh.counters.mtr_failed.fetch_add(1, Ordering::Relaxed);
+            println!("mtr migration={id} to {target} at {agent} failed: {e}");
+            Err(format!("{target} at {agent}: {e}"))
         }
     }
 }

@@ -124,13 +124,6 @@ impl DeviceId {
         }
     }
 
-    /// `_devices.<user>.<zone>`: the user's device list.
-    pub fn devices_name(&self, zone: &Name) -> Result<Name, NameError> {
-        Name::from_str(&format!("_devices.{}", self.user))
-            .and_then(|n| n.append_domain(zone))
-            .map_err(|e| NameError::BadName(format!("{self}: {e}")))
-    }
-
     /// `<device>.<user>.<zone>`.
     pub fn fqdn(&self, zone: &Name) -> Result<Name, NameError> {
         Name::from_str(&format!("{}.{}", self.device, self.user))
@@ -410,7 +403,7 @@ impl Resolver {
         // The user's device list (`_devices.<user>.<zone>`, one TXT string per device): added
         // to, never replaced, so each device's registration keeps the others.
         m.add_authority(Record::from_rdata(
-            id.devices_name(&self.zone)?,
+            devices_name(&id.user, &self.zone)?,
             TTL,
             RData::TXT(TXT::new(vec![id.device.clone()])),
         ));
@@ -452,9 +445,8 @@ impl Resolver {
 
     /// The devices `user` registered (from `_devices.<user>.<zone>`); none is an empty list.
     pub fn devices_of(&self, user: &str) -> Result<Vec<DeviceId>, NameError> {
-        let probe = DeviceId::new("x", user)?;
         Ok(self
-            .query(&probe.devices_name(&self.zone)?, RecordType::TXT)?
+            .query(&devices_name(user, &self.zone)?, RecordType::TXT)?
             .iter()
             .filter_map(|r| match &r.data {
                 RData::TXT(t) => t
@@ -478,6 +470,14 @@ impl Resolver {
         let shown = id.fqdn(&self.zone)?.to_string();
         self.send_update(&bytes, mid, &shown)
     }
+}
+
+/// `_devices.<user>.<zone>`: the user's device list (one TXT string per device).
+pub fn devices_name(user: &str, zone: &Name) -> Result<Name, NameError> {
+    check_label("user", user)?;
+    Name::from_str(&format!("_devices.{user}"))
+        .and_then(|n| n.append_domain(zone))
+        .map_err(|e| NameError::BadName(format!("{user}: {e}")))
 }
 
 /// The RFC 1035/2136 mnemonic of a response code (`REFUSED`, `NOTAUTH`, ...).

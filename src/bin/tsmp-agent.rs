@@ -503,21 +503,15 @@ fn take_over(state: &Path, address: Ipv4Addr, mtr: &msg::Mtr, hand: &Hand, taken
         t0.elapsed().as_secs_f64() * 1000.0
     );
     let _ = std::io::stdout().flush();
-    let mut relays = Relays::new();
     let handed = match hand {
         Hand::Exec(cmd) => hand_to_command(stream, cmd, &mtr.service.to_string(), mtr.migration),
-        Hand::Local(l, wait) => {
-            accept_local(l, *wait).and_then(|app| relay(stream, app, &mut relays))
-        }
+        Hand::Local(l, wait) => accept_local(l, *wait).and_then(|app| relay(stream, app)),
         Hand::Forward(addr) => TcpStream::connect_timeout(addr, Duration::from_secs(3))
             .map_err(|e| format!("cannot connect to the local application on {addr}: {e}"))
-            .and_then(|app| relay(stream, app, &mut relays)),
+            .and_then(|app| relay(stream, app)),
     };
     if let Err(e) = handed {
         eprintln!("mtr migration={}: {e}", mtr.migration);
-    }
-    for r in relays {
-        let _ = r.join();
     }
 }
 
@@ -563,25 +557,24 @@ fn accept_local(l: &TcpListener, wait: Duration) -> Result<TcpStream, String> {
     }
 }
 
-/// Relays both ways between the migrated connection and the application.
-/// The relaying threads; joined before the agent exits.
-type Relays = Vec<std::thread::JoinHandle<()>>;
-
-fn relay(stream: TcpStream, local: TcpStream, relays: &mut Relays) -> Result<(), String> {
-    let pairs = [
-        (stream.try_clone(), local.try_clone()),
-        (local.try_clone(), stream.try_clone()),
-    ];
-    for (from, to) in pairs {
-        let (Ok(mut from), Ok(mut to)) = (from, to) else {
-            return Err("cannot duplicate the sockets".into());
-        };
-        relays.push(std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
-            let _ = to.shutdown(std::net::Shutdown::Write);
-        }));
-    }
-    relays.retain(|h| !h.is_finished());
+/// Relays both ways between the migrated connection and the application, until both
+/// directions have ended (each end's write side is shut when its source ends).
+fn relay(stream: TcpStream, local: TcpStream) -> Result<(), String> {
+    let (Ok(mut s_in), Ok(mut l_out), Ok(mut l_in), Ok(mut s_out)) = (
+        stream.try_clone(),
+        local.try_clone(),
+        local.try_clone(),
+        stream.try_clone(),
+    ) else {
+        return Err("cannot duplicate the sockets".into());
+    };
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut l_in, &mut s_out);
+        let _ = s_out.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut s_in, &mut l_out);
+    let _ = l_out.shutdown(std::net::Shutdown::Write);
+    let _ = back.join();
     Ok(())
 }
 
