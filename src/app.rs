@@ -230,7 +230,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         hasher.clone(),
         (cfg.migration.port_min, cfg.migration.port_max),
     );
-    let agent_counters_early = Arc::new(AgentCounters::default());
+    let agent_counters = Arc::new(AgentCounters::default());
     let control = if cfg.dataplane.mode == Mode::Proxy {
         Some(
             ControlServer::bind(&cfg.control.cli_socket, workers.clone())
@@ -248,7 +248,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     if let Err(e) = register_telemetry(
         &counters,
         &proxy_counters,
-        &agent_counters_early,
+        &agent_counters,
         (cfg.dataplane.mode == Mode::Proxy).then(|| workers.clone()),
     ) {
         eprintln!("warning: {e}; dpdk-telemetry.py will not show /tsmp/ commands");
@@ -265,7 +265,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         }
         None => None,
     };
-    let agent_counters = agent_counters_early;
     let mut agents = match (cfg.dataplane.mode, cfg.control.agents, cfg.control.names) {
         (Mode::Proxy, Some(listen), Some(names)) => {
             let key =
@@ -431,34 +430,31 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             std::thread::sleep(Duration::from_millis(1));
             let stats = || serde_json::to_value(build_report()).unwrap_or_default();
             if let Some(c) = &control {
-                let plane = agents.as_ref();
-                let op = |client, vip, to: &str| match plane {
-                    Some(p) => p.operator_migrate(client, vip, to),
-                    None => Err("no agent control".to_owned()),
-                };
-                let users = |u: &str| match plane {
-                    Some(p) => p.user_addresses(u),
-                    None => Err("no naming server".to_owned()),
+                // With agent control, operators may name devices and users.
+                let (op, users);
+                let (operator, user_addresses) = match agents.as_ref() {
+                    Some(p) => {
+                        op = |client, vip, to: &str| p.operator_migrate(client, vip, to);
+                        users = |u: &str| p.user_addresses(u);
+                        (
+                            Some(&op as &OperatorMigrate<'_>),
+                            Some(&users as &UserAddresses<'_>),
+                        )
+                    }
+                    None => (None, None),
                 };
                 c.poll(&Live {
                     stats: &stats,
+                    tsc_hz: hz,
                     log: &log,
-                    operator: plane.is_some().then_some(&op as &OperatorMigrate<'_>),
-                    user_addresses: plane.is_some().then_some(&users as &UserAddresses<'_>),
+                    operator,
+                    user_addresses,
                 });
             }
             if let Some(m) = &metrics {
                 m.poll(&|| {
-                    let st = stats();
-                    let hz = st["tsc_hz"].as_u64().unwrap_or(0);
-                    let bursts: Vec<serde_json::Value> = workers
-                        .latency()
-                        .unwrap_or_default()
-                        .iter()
-                        .enumerate()
-                        .map(|(w, h)| crate::control::burst_stats(w, h, hz))
-                        .collect();
-                    crate::metrics::render(&st, &log.pause_stats(), &bursts)
+                    let bursts = workers.latency(hz).unwrap_or_default();
+                    crate::metrics::render(&stats(), &log.pause_stats(), &bursts)
                 });
             }
             if let Some(a) = agents.as_mut() {
@@ -672,10 +668,9 @@ fn register_telemetry(
             "/tsmp/flows",
             "TSMP flows (at most 200): flow_W_S -> device, service, NAT, backend, state. No parameters",
             Box::new(move |_| {
-                w.flows(crate::control::FlowFilter::default())
+                w.flows(crate::control::FlowFilter::default(), 200)
                     .map(|fl| {
                         fl.into_iter()
-                            .take(200)
                             .map(|f| {
                                 (
                                     // Telemetry names: letters, digits and `_` only.

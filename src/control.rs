@@ -388,7 +388,8 @@ enum Reply {
     Error(String),
 }
 
-fn addr(a: SocketAddrV4) -> (u32, u16) {
+/// An address and port as the workers' tables key them.
+pub fn tuple(a: SocketAddrV4) -> (u32, u16) {
     (u32::from(*a.ip()), a.port())
 }
 
@@ -439,12 +440,12 @@ impl Workers {
     }
 
     /// The flows `filter` selects, from every worker, page by page (each page bounded work
-    /// for the worker, between its bursts).
-    pub fn flows(&self, filter: FlowFilter) -> Result<Vec<FlowInfo>, String> {
+    /// for the worker, between its bursts); paging stops once `max` are found.
+    pub fn flows(&self, filter: FlowFilter, max: usize) -> Result<Vec<FlowInfo>, String> {
         let mut all = Vec::new();
         for w in 0..self.rings.len() {
             let mut cursor = Some(0);
-            while let Some(c) = cursor {
+            while let Some(c) = cursor.filter(|_| all.len() < max) {
                 let page = self.ask(w, |reply| Command::Flows {
                     filter,
                     cursor: c,
@@ -457,13 +458,18 @@ impl Workers {
                 cursor = page.next;
             }
         }
+        all.truncate(max);
         Ok(all)
     }
 
-    /// Every worker's histogram of TSC cycles per burst.
-    pub fn latency(&self) -> Result<Vec<hdrhistogram::Histogram<u64>>, String> {
+    /// Every worker's cycles-per-burst percentiles ([`burst_stats`]), from a copy of its
+    /// histogram.
+    pub fn latency(&self, tsc_hz: u64) -> Result<Vec<serde_json::Value>, String> {
         (0..self.rings.len())
-            .map(|w| self.ask(w, |reply| Command::Latency { reply }))
+            .map(|w| {
+                self.ask(w, |reply| Command::Latency { reply })
+                    .map(|h| burst_stats(w, &h, tsc_hz))
+            })
             .collect()
     }
 
@@ -572,34 +578,31 @@ impl ControlServer {
             Err(e) => Reply::Error(e),
         };
         match req {
-            Request::Migrate { to: Some(to), .. } if live.operator.is_none() => {
-                Reply::Error(format!(
-                "cannot migrate to {to}: this proxy has no agent control ([control] agents and \
-                 names); migrate without `to` and let the new device connect to the port"
-            ))
-            }
             Request::Migrate {
                 client,
                 vip,
-                offset: None,
+                offset,
                 to: Some(to),
-            } => json(
-                live.operator
-                    .map_or_else(|| Err("no agent control".into()), |op| op(client, vip, &to)),
-            ),
-            Request::Migrate { to: Some(_), .. } => Reply::Error(
-                "`offset` and `to` do not go together: the new device's agent resumes at the \
-                 old device's last acknowledged byte"
-                    .into(),
-            ),
+            } => match (live.operator, offset) {
+                (None, _) => Reply::Error(format!(
+                    "cannot migrate to {to}: this proxy has no agent control ([control] agents \
+                     and names); migrate without `to` and let the new device connect to the port"
+                )),
+                (Some(_), Some(_)) => Reply::Error(
+                    "`offset` and `to` do not go together: the new device's agent resumes at \
+                     the old device's last acknowledged byte"
+                        .into(),
+                ),
+                (Some(op), None) => json(op(client, vip, &to)),
+            },
             Request::Migrate {
                 client,
                 vip,
                 offset,
                 to: None,
             } => match self.workers.migrate(MigrateRequest {
-                client: addr(client),
-                vip: addr(vip),
+                client: tuple(client),
+                vip: tuple(vip),
                 offset,
                 counter: None,
                 expect: None,
@@ -624,17 +627,9 @@ impl ControlServer {
     }
 
     fn latency(&self, live: &Live<'_>) -> Result<serde_json::Value, String> {
-        let hz = (live.stats)()["tsc_hz"].as_u64().unwrap_or(0);
-        let workers: Vec<serde_json::Value> = self
-            .workers
-            .latency()?
-            .iter()
-            .enumerate()
-            .map(|(w, h)| burst_stats(w, h, hz))
-            .collect();
         Ok(serde_json::json!({
-            "tsc_hz": hz,
-            "burst_cycles": workers,
+            "tsc_hz": live.tsc_hz,
+            "burst_cycles": self.workers.latency(live.tsc_hz)?,
             "migration_pause_ms": live.log.pause_stats(),
         }))
     }
@@ -655,7 +650,7 @@ impl ControlServer {
                 )
             })?(u)?),
         };
-        let mut all = self.workers.flows(filter)?;
+        let mut all = self.workers.flows(filter, usize::MAX)?;
         if let Some(addrs) = devices {
             all.retain(|f| addrs.contains(f.client.ip()));
         }
@@ -684,10 +679,13 @@ impl ControlServer {
             (None, Some(c)) => {
                 let hits: Vec<FlowInfo> = self
                     .workers
-                    .flows(FlowFilter {
-                        client: Some(c),
-                        ..FlowFilter::default()
-                    })?
+                    .flows(
+                        FlowFilter {
+                            client: Some(c),
+                            ..FlowFilter::default()
+                        },
+                        usize::MAX,
+                    )?
                     .into_iter()
                     .filter(|f| vip.is_none_or(|v| v == f.vip))
                     .collect();
@@ -719,11 +717,7 @@ impl ControlServer {
 }
 
 /// One worker's cycles-per-burst percentiles (and in microseconds, given the TSC rate).
-pub fn burst_stats(
-    worker: usize,
-    h: &hdrhistogram::Histogram<u64>,
-    tsc_hz: u64,
-) -> serde_json::Value {
+fn burst_stats(worker: usize, h: &hdrhistogram::Histogram<u64>, tsc_hz: u64) -> serde_json::Value {
     let us = |c: u64| {
         if tsc_hz == 0 {
             0.0
@@ -752,6 +746,8 @@ fn parse_id(id: &str) -> Result<(usize, u32), String> {
 pub struct Live<'a> {
     /// The counters, as `--stats-json` writes them at exit.
     pub stats: &'a dyn Fn() -> serde_json::Value,
+    /// TSC ticks per second (the workers' cycle counts).
+    pub tsc_hz: u64,
     /// The migrations the slow path saw.
     pub log: &'a MigrationLog,
     /// An operator's migration to a named device (with agent control).

@@ -87,7 +87,7 @@ fn leaves(out: &mut Families, prefix: &str, obj: &Value, labels: &[(&str, String
 }
 
 /// The exposition text for the counters `stats` (as `--stats-json` writes them), the
-/// migration pauses and the workers' cycles per burst (`control::burst_stats` of each).
+/// migration pauses and the workers' cycles per burst (`control::Workers::latency`).
 pub fn render(stats: &Value, pauses: &PauseStats, bursts: &[Value]) -> String {
     let mut f = Families::new();
     for (i, w) in stats["workers"]
