@@ -704,7 +704,18 @@ def main():
     return 0
 
 
-if __name__ == "__main__":
+# The applications by name, for `demo.py app NAME ARGS...` (vagrant/demo.sh runs them in the VMs,
+# whose addresses are the ones above).
+APPS = {"video-server": VIDEO_SERVER, "phone-video": PHONE_VIDEO, "chat-server": CHAT_SERVER,
+        "chat-client": CHAT_CLIENT}
+
+if __name__ == "__main__" and sys.argv[1:2] == ["app"]:
+    if len(sys.argv) < 3 or sys.argv[2] not in APPS:
+        sys.exit("usage: demo.py app {%s} ARGS..." % ",".join(sorted(APPS)))
+    name = sys.argv[2]
+    sys.argv = [name] + sys.argv[3:]
+    exec(APPS[name], {"__name__": "__main__"})
+elif __name__ == "__main__":
     code = 1
     try:
         code = main()

@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS=(dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev build-essential
-      iproute2 iputils-ping ethtool procps python3 kmod nftables bind9-dnsutils tcpdump)
+      iproute2 iputils-ping ethtool procps python3 kmod nftables bind9-dnsutils tcpdump ruby)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
