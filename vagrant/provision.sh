@@ -28,13 +28,16 @@ rust() {
     export PATH="/root/.cargo/bin:$PATH"
 }
 
-# Builds the named binaries from /vagrant and installs them in /usr/local/bin.
+# Builds the named binaries from /vagrant and installs them in /usr/local/bin; FEATURES (e.g.
+# --no-default-features: without the DPDK data plane) goes to cargo.
 build() {
     rust
-    local args=()
-    for b in "$@"; do args+=(--bin "$b"); done
+    local args=() bins=()
+    for b in "$@"; do
+        case "$b" in -*) args+=("$b") ;; *) args+=(--bin "$b"); bins+=("$b") ;; esac
+    done
     (cd "$SRC" && cargo build --release --locked "${args[@]}")
-    for b in "$@"; do install -m 0755 "$CARGO_TARGET_DIR/release/$b" /usr/local/bin/; done
+    for b in "${bins[@]}"; do install -m 0755 "$CARGO_TARGET_DIR/release/$b" /usr/local/bin/; done
 }
 
 unit() {
@@ -83,10 +86,11 @@ EOF
     ;;
 device)
     name=${2:?device NAME ADDRESS} addr=${3:?device NAME ADDRESS}
-    # No DPDK port on a device, but the crate links DPDK: the same set-up without hugepages.
+    # No DPDK on a device: the same set-up without hugepages, the agent built without the
+    # data plane.
     rust
     TSMP_HUGEPAGES=0 "$SRC/scripts/setup.sh"
-    build tsmp-agent
+    build --no-default-features tsmp-agent
     install -d -m 0700 /var/lib/tsmp-agent
     install -d -m 0755 /etc/tsmp /var/lib/tsmp-demo
     # What the listener does with the connections it takes over (the demo's routes): the
