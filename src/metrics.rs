@@ -24,6 +24,8 @@ pub const MAX_REQUEST: usize = 4096;
 const GAUGES: &[&str] = &[
     "flows_active",
     "flow_capacity",
+    "flow_table_bytes",
+    "engine_bytes",
     "snat_ports_free",
     "engines_active",
     "cache_bytes",

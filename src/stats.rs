@@ -106,6 +106,8 @@ pub struct ProxyCounters {
     flows_closed: AtomicU64,
     flows_active: AtomicU64,
     flow_capacity: AtomicU64,
+    flow_table_bytes: AtomicU64,
+    engine_bytes: AtomicU64,
     handoffs_out: AtomicU64,
     handoffs_in: AtomicU64,
     handoff_ring_full: AtomicU64,
@@ -128,6 +130,8 @@ impl Default for ProxyCounters {
             flows_closed: AtomicU64::new(0),
             flows_active: AtomicU64::new(0),
             flow_capacity: AtomicU64::new(0),
+            flow_table_bytes: AtomicU64::new(0),
+            engine_bytes: AtomicU64::new(0),
             handoffs_out: AtomicU64::new(0),
             handoffs_in: AtomicU64::new(0),
             handoff_ring_full: AtomicU64::new(0),
@@ -157,6 +161,12 @@ pub struct ProxySnapshot {
     pub flows_active: u64,
     /// Flow-table capacity.
     pub flow_capacity: u64,
+    /// Bytes of the flow table and the per-slot engine pointers, allocated for the capacity
+    /// at start.
+    pub flow_table_bytes: u64,
+    /// Bytes of the live flows' migration engines (the engines' own state; their cached
+    /// segments are `cache_bytes`).
+    pub engine_bytes: u64,
     /// Frames handed to another worker.
     pub handoffs_out: u64,
     /// Frames received from other workers.
@@ -191,6 +201,10 @@ pub struct ProxyExtra {
     pub flows_active: u64,
     /// Flow-table capacity.
     pub flow_capacity: u64,
+    /// Flow table and engine pointers, bytes.
+    pub flow_table_bytes: u64,
+    /// Live engines, bytes.
+    pub engine_bytes: u64,
     /// Frames received from other workers.
     pub handoffs_in: u64,
     /// Hand-off ring full.
@@ -220,6 +234,8 @@ impl ProxyCounters {
         self.from_kernel.store(s.from_kernel, Relaxed);
         self.flows_active.store(x.flows_active, Relaxed);
         self.flow_capacity.store(x.flow_capacity, Relaxed);
+        self.flow_table_bytes.store(x.flow_table_bytes, Relaxed);
+        self.engine_bytes.store(x.engine_bytes, Relaxed);
         self.handoffs_in.store(x.handoffs_in, Relaxed);
         self.handoff_ring_full.store(x.handoff_ring_full, Relaxed);
         self.snat_ports_free.store(x.snat_ports_free, Relaxed);
@@ -243,6 +259,8 @@ impl ProxyCounters {
             flows_closed: self.flows_closed.load(Relaxed),
             flows_active: self.flows_active.load(Relaxed),
             flow_capacity: self.flow_capacity.load(Relaxed),
+            flow_table_bytes: self.flow_table_bytes.load(Relaxed),
+            engine_bytes: self.engine_bytes.load(Relaxed),
             handoffs_out: self.handoffs_out.load(Relaxed),
             handoffs_in: self.handoffs_in.load(Relaxed),
             handoff_ring_full: self.handoff_ring_full.load(Relaxed),

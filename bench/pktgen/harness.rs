@@ -13,7 +13,7 @@ use tsmp::dpdk::{rdtsc, tsc_hz, Burst, Eal, Mempool, Port, PortSetup};
 
 use crate::frames;
 
-type Res<T> = Result<T, String>;
+pub(crate) type Res<T> = Result<T, String>;
 
 /// What the generator does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -22,6 +22,8 @@ pub enum GenMode {
     Rate,
     /// Send numbered frames both ways and check each arrives once, intact.
     Verify,
+    /// Play both ends of N TCP flows through the proxy (bench/pktgen/tcpgen.rs).
+    Tcp,
 }
 
 /// Arguments of the generator process.
@@ -51,6 +53,24 @@ pub struct GenArgs {
     /// Run EAL without hugepages.
     #[arg(long)]
     pub no_huge: bool,
+    /// TCP mode: flows to set up and carry.
+    #[arg(long, default_value_t = 1000)]
+    pub flows: u32,
+    /// TCP mode: data frame size on the wire (64..=1518) or `imix`.
+    #[arg(long, default_value = "64")]
+    pub sizes: String,
+    /// TCP mode: data segments per second to offer (0: as fast as the ports take them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// TCP mode: check checksums and flow identity of every n-th received frame.
+    #[arg(long, default_value_t = 64)]
+    pub check_every: u64,
+    /// TCP mode: data segments in flight at most over all flows (0: no limit).
+    #[arg(long, default_value_t = 512)]
+    pub inflight: u64,
+    /// TCP mode: progress lines on stderr every second.
+    #[arg(long)]
+    pub progress: bool,
 }
 
 /// What the generator reports (one JSON line prefixed by `RESULT `).
@@ -74,6 +94,9 @@ pub struct GenResult {
     pub corrupt: u64,
     /// Verify mode: frames that arrived on the port they were sent from.
     pub misdirected: u64,
+    /// TCP mode: the stateful run's report.
+    #[serde(default)]
+    pub tcp: Option<crate::stateful::TcpReport>,
 }
 
 fn memif(dir: &Path, i: u8, role: &str) -> String {
@@ -136,6 +159,18 @@ pub fn gen(a: &GenArgs) -> Res<()> {
         match a.mode {
             GenMode::Rate => run_rate(a, &pool, &mut txa, &mut rxa, &mut rxb),
             GenMode::Verify => run_verify(a, &pool, [&mut txa, &mut txb], [&mut rxa, &mut rxb]),
+            GenMode::Tcp => {
+                let (ma, mb) = (ports[0].info().mac, ports[1].info().mac);
+                match crate::stateful::run_tcp(
+                    a, &pool, ma, mb, &mut txa, &mut rxa, &mut txb, &mut rxb,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("tsmp-pktgen gen: {e}");
+                        GenResult::default()
+                    }
+                }
+            }
         }
     };
     println!(
@@ -153,7 +188,7 @@ pub fn gen(a: &GenArgs) -> Res<()> {
 }
 
 /// Seconds to TSC ticks (negative or invalid durations count as 0).
-fn secs_to_tsc(s: f64, hz: u64) -> u64 {
+pub(crate) fn secs_to_tsc(s: f64, hz: u64) -> u64 {
     let ns = Duration::try_from_secs_f64(s)
         .unwrap_or_default()
         .as_nanos();
@@ -384,17 +419,29 @@ impl GenChild {
 
 /// The forwarder under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Forwarder {
+pub(crate) enum Forwarder {
+    /// `dpdk-testpmd --forward-mode=io`.
     TestpmdIo,
+    /// `dpdk-testpmd --forward-mode=5tswap` (swaps L2-L4 addresses and ports).
+    Testpmd5tswap,
+    /// `tsmp-proxy` in pass-through mode (bench-memif.toml).
     Tsmp,
+    /// `tsmp-proxy` in proxy mode (bench-proxy-memif.toml).
+    TsmpProxy,
 }
 
 impl Forwarder {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Forwarder::TestpmdIo => "dpdk-testpmd io",
+            Forwarder::Testpmd5tswap => "dpdk-testpmd 5tswap",
             Forwarder::Tsmp => "tsmp-proxy passthrough",
+            Forwarder::TsmpProxy => "tsmp-proxy proxy",
         }
+    }
+
+    fn is_testpmd(self) -> bool {
+        matches!(self, Forwarder::TestpmdIo | Forwarder::Testpmd5tswap)
     }
 }
 
@@ -432,17 +479,13 @@ impl FwdChild {
     fn spawn(kind: Forwarder, dir: &Path, config: &Path, no_huge: bool) -> Res<FwdChild> {
         let log = dir.join(format!(
             "{}.log",
-            if kind == Forwarder::Tsmp {
-                "tsmp"
-            } else {
-                "testpmd"
-            }
+            if kind.is_testpmd() { "testpmd" } else { "tsmp" }
         ));
         let stats = dir.join("proxy-stats.json");
         let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = match kind {
-            Forwarder::TestpmdIo => {
+            Forwarder::TestpmdIo | Forwarder::Testpmd5tswap => {
                 let mut c = Command::new("dpdk-testpmd");
                 c.args([
                     "-l",
@@ -462,7 +505,11 @@ impl FwdChild {
                 c.arg("--vdev").arg(memif(dir, 1, "client"));
                 c.args([
                     "--",
-                    "--forward-mode=io",
+                    if kind == Forwarder::TestpmdIo {
+                        "--forward-mode=io"
+                    } else {
+                        "--forward-mode=5tswap"
+                    },
                     "--nb-cores=1",
                     "--record-core-cycles",
                     "--burst=32",
@@ -471,7 +518,7 @@ impl FwdChild {
                 ]);
                 c
             }
-            Forwarder::Tsmp => {
+            Forwarder::Tsmp | Forwarder::TsmpProxy => {
                 let cfg = bench_config(config, dir)?;
                 let mut c = Command::new(proxy_exe()?);
                 c.arg("--config").arg(cfg).arg("--stats-json").arg(&stats);
@@ -495,15 +542,16 @@ impl FwdChild {
         Ok(f)
     }
 
-    /// Stops the forwarder (testpmd: Enter on stdin; tsmp: SIGINT) and returns its busy cycles per packet.
-    fn stop(mut self) -> Res<f64> {
+    /// Stops the forwarder (testpmd: Enter on stdin; tsmp: SIGINT) and returns its busy cycles
+    /// per packet and (tsmp) its final counters.
+    fn stop(mut self) -> Res<(f64, serde_json::Value)> {
         match self.kind {
-            Forwarder::TestpmdIo => {
+            Forwarder::TestpmdIo | Forwarder::Testpmd5tswap => {
                 if let Some(mut s) = self.stdin.take() {
                     let _ = writeln!(s);
                 }
             }
-            Forwarder::Tsmp => {
+            Forwarder::Tsmp | Forwarder::TsmpProxy => {
                 let _ = Command::new("kill")
                     .arg("-INT")
                     .arg(self.child.id().to_string())
@@ -533,29 +581,27 @@ impl FwdChild {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        match self.kind {
-            Forwarder::TestpmdIo => {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                Ok(log
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("CPU cycles/packet="))
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(f64::NAN))
-            }
-            Forwarder::Tsmp => {
-                let s = std::fs::read_to_string(&self.stats)
-                    .map_err(|e| format!("{}: {e}", self.stats.display()))?;
-                let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| e.to_string())?;
-                Ok(v["workers"][0]["cycles_per_packet"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN))
-            }
+        if self.kind.is_testpmd() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let c = log
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("CPU cycles/packet="))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            return Ok((c, serde_json::Value::Null));
         }
+        let s = std::fs::read_to_string(&self.stats)
+            .map_err(|e| format!("{}: {e}", self.stats.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| e.to_string())?;
+        let c = v["workers"][0]["cycles_per_packet"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        Ok((c, v))
     }
 }
 
-/// One measured run: generator + forwarder.
+/// One measured run: generator + forwarder; the forwarder's busy cycles per packet.
 fn run_once(
     kind: Forwarder,
     dir: &Path,
@@ -563,6 +609,52 @@ fn run_once(
     gen_args: &[String],
     no_huge: bool,
 ) -> Res<(GenResult, f64)> {
+    let (r, (c, _)) = run_once_full(kind, dir, config, gen_args, no_huge)?;
+    Ok((r, c))
+}
+
+/// One measured run; the forwarder's final counters (tsmp-proxy's `--stats-json`).
+pub(crate) fn run_once_stats(
+    kind: Forwarder,
+    dir: &Path,
+    config: &Path,
+    gen_args: &[String],
+    no_huge: bool,
+) -> Res<(GenResult, serde_json::Value)> {
+    let (r, (_, v)) = run_once_full(kind, dir, config, gen_args, no_huge)?;
+    Ok((r, v))
+}
+
+/// A stateless rate run of `size`-byte frames A -> B.
+pub(crate) fn rate_run(
+    kind: Forwarder,
+    dir: &Path,
+    config: &Path,
+    size: usize,
+    duration: f64,
+    no_huge: bool,
+) -> Res<(GenResult, f64)> {
+    let mut gen_args = vec![
+        "--mode".to_owned(),
+        "rate".to_owned(),
+        "--size".to_owned(),
+        size.to_string(),
+        "--duration".to_owned(),
+        duration.to_string(),
+    ];
+    if no_huge {
+        gen_args.push("--no-huge".to_owned());
+    }
+    run_once(kind, dir, config, &gen_args, no_huge)
+}
+
+fn run_once_full(
+    kind: Forwarder,
+    dir: &Path,
+    config: &Path,
+    gen_args: &[String],
+    no_huge: bool,
+) -> Res<(GenResult, (f64, serde_json::Value))> {
     let _ = std::fs::remove_file(dir.join("a.sock"));
     let _ = std::fs::remove_file(dir.join("b.sock"));
     let mut g = GenChild::spawn(dir, gen_args)?;
@@ -573,7 +665,7 @@ fn run_once(
             return Err(e);
         }
     };
-    let res = g.expect("RESULT ", Duration::from_secs(120));
+    let res = g.expect("RESULT ", Duration::from_secs(900));
     let frozen = res.is_ok() && g.expect("FROZEN", Duration::from_secs(10)).is_ok();
     // Order matters for memif: generator frozen, forwarder stopped, then the generator exits.
     let cycles = f.stop();
@@ -591,7 +683,7 @@ fn default_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/bench-memif.toml")
 }
 
-fn work_dir(dir: &Option<PathBuf>) -> Res<PathBuf> {
+pub(crate) fn work_dir(dir: &Option<PathBuf>) -> Res<PathBuf> {
     let d = dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("tsmp-bench-{}", std::process::id())));
@@ -706,18 +798,14 @@ pub fn compare(a: &CompareArgs) -> Res<()> {
         let mut cyc: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for round in 0..a.rounds {
             for (k, &kind) in kinds.iter().enumerate() {
-                let mut gen_args = vec![
-                    "--mode".to_owned(),
-                    "rate".to_owned(),
-                    "--size".to_owned(),
-                    size.to_string(),
-                    "--duration".to_owned(),
-                    a.duration.to_string(),
-                ];
-                if a.harness.no_huge {
-                    gen_args.push("--no-huge".to_owned());
-                }
-                let (r, c) = run_once(kind, &dir, &a.harness.config, &gen_args, a.harness.no_huge)?;
+                let (r, c) = rate_run(
+                    kind,
+                    &dir,
+                    &a.harness.config,
+                    size,
+                    a.duration,
+                    a.harness.no_huge,
+                )?;
                 let m = r.received as f64 / r.seconds / 1e6;
                 eprintln!("  size {size} round {round} {:<24} {m:7.3} Mpps  {c:6.1} cycles/pkt  (sent {} backpressure {})", kind.label(), r.sent, r.tx_backpressure);
                 mpps[k].push(m);

@@ -14,13 +14,22 @@
 //!   with Mpps, busy cycles per packet and the ratio to testpmd measured in the same run.
 //! - `verify`: sends frames of varying sizes both ways through `tsmp-proxy` and checks that each
 //!   arrives exactly once with every byte intact (used by the test suite).
-//! - `gen`: the generator/sink process itself (started by the two above).
+//! - `tcp`: one stateful run through `tsmp-proxy` in proxy mode (`bench-proxy-memif.toml`):
+//!   the generator plays the clients on A and the backend on B for N TCP flows (handshakes
+//!   through the VIP, data segments with latency stamps, ACKs), and reports set-up rate,
+//!   forwarding rate, loss, latency percentiles and its own checks (see `tcpgen.rs`).
+//! - `bench`: the side-by-side runner: testpmd io and 5tswap against the proxy's established
+//!   flows at 64 B, the proxy at 1500 B and IMIX, rate vs flow-table size (1K..4M), set-up rate
+//!   and memory per flow; a table with ratios and an SVG plot.
+//! - `gen`: the generator/sink process itself (started by the others).
 //!
 //! Shutdown follows the order memif needs: the generator freezes (stops polling), the forwarder
 //! stops and closes its ports, then the generator exits.
 
 mod frames;
 mod harness;
+mod stateful;
+mod tcpgen;
 
 use std::process::ExitCode;
 
@@ -42,6 +51,10 @@ enum Cmd {
     Compare(harness::CompareArgs),
     /// Check that frames cross tsmp-proxy intact, both ways.
     Verify(harness::VerifyArgs),
+    /// One stateful TCP run through tsmp-proxy in proxy mode.
+    Tcp(stateful::TcpArgs),
+    /// The side-by-side benchmark (testpmd io/5tswap vs the proxy; sizes; flows).
+    Bench(stateful::BenchArgs),
     /// The generator/sink process (internal; started by `compare` and `verify`).
     Gen(harness::GenArgs),
 }
@@ -51,6 +64,8 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Compare(a) => harness::compare(&a),
         Cmd::Verify(a) => harness::verify(&a),
+        Cmd::Tcp(a) => stateful::tcp(&a),
+        Cmd::Bench(a) => stateful::bench(&a),
         Cmd::Gen(a) => harness::gen(&a),
     };
     match r {

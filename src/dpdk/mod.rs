@@ -745,6 +745,19 @@ impl Burst {
     pub fn clear(&mut self) {
         drop(self.drain());
     }
+
+    /// Keeps the first `n` mbufs and frees the rest (no-op when `n >= len`).
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        let end = std::mem::replace(&mut self.len, n);
+        for &p in &self.pkts[n..end] {
+            // SAFETY: pkts[n..end] were owned by the burst, which no longer counts them (len is
+            // n); each is released exactly once here.
+            drop(unsafe { Mbuf::from_raw(p) });
+        }
+    }
 }
 
 /// Iterator returned by [`Burst::drain`]; frees the mbufs not taken when dropped.

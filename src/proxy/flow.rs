@@ -184,6 +184,16 @@ impl FlowTable {
         self.wheel_tick
     }
 
+    /// Bytes the table holds for its capacity (flow entries, the index at its reserved size,
+    /// the free list, the liveness bits and the timing wheel): all allocated up front.
+    pub fn memory_bytes(&self) -> usize {
+        self.flows.capacity() * std::mem::size_of::<Flow>()
+            + self.live.capacity()
+            + self.free.capacity() * std::mem::size_of::<u32>()
+            + self.index.allocation_size()
+            + self.wheel.capacity() * std::mem::size_of::<u32>()
+    }
+
     /// Maximum number of flows.
     pub fn capacity(&self) -> usize {
         self.capacity as usize

@@ -1,0 +1,789 @@
+//! The stateful scenarios: the generator's TCP mode (the DPDK loop around [`crate::tcpgen`])
+//! and `tsmp-pktgen bench`, the side-by-side runner.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use tsmp::dpdk::{rdtsc, tsc_hz, Burst, Mempool, RxQueue, TxQueue};
+
+use crate::harness::{self, Forwarder, GenArgs, GenResult, HarnessArgs, Res};
+use crate::tcpgen::{Reply, Sizes, TcpCounters, TcpGen, MAX_FLOWS, PROXY_A, PROXY_B};
+
+/// What a TCP-mode run reports.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct TcpReport {
+    /// Flows asked for.
+    pub flows: u32,
+    /// Handshakes completed.
+    pub established: u64,
+    /// From the first SYN to the last handshake, seconds.
+    pub setup_seconds: f64,
+    /// Handshakes per second over the set-up phase.
+    pub setup_rate: f64,
+    /// Data-phase measurement window, seconds.
+    pub seconds: f64,
+    /// Counters over the measurement window (set-up phase excluded).
+    pub window: TcpCounters,
+    /// Counters over the whole run.
+    pub total: TcpCounters,
+    /// Data segments lost over the whole data phase (sent - received, after a drain).
+    pub lost: u64,
+    /// One-way latency through the forwarder, ns: p50, p90, p99, p99.9, max.
+    pub latency_ns: [u64; 5],
+    /// Offered data segments per second (what the server side sent) in the window.
+    pub offered_pps: f64,
+}
+
+fn sub(a: &TcpCounters, b: &TcpCounters) -> TcpCounters {
+    TcpCounters {
+        syns: a.syns - b.syns,
+        syns_at_server: a.syns_at_server - b.syns_at_server,
+        established: a.established - b.established,
+        data_sent: a.data_sent - b.data_sent,
+        data_received: a.data_received - b.data_received,
+        data_bytes: a.data_bytes - b.data_bytes,
+        data_wire_bytes: a.data_wire_bytes - b.data_wire_bytes,
+        acks_sent: a.acks_sent - b.acks_sent,
+        acks_received: a.acks_received - b.acks_received,
+        out_of_order: a.out_of_order - b.out_of_order,
+        bad_checksum: a.bad_checksum - b.bad_checksum,
+        unknown: a.unknown - b.unknown,
+        checked: a.checked - b.checked,
+        stamps: a.stamps - b.stamps,
+        resets: a.resets - b.resets,
+        zero_windows: a.zero_windows - b.zero_windows,
+        tx_backpressure: a.tx_backpressure - b.tx_backpressure,
+        arp_replies: a.arp_replies - b.arp_replies,
+    }
+}
+
+/// Receives a burst on one side and sends the in-place replies back out of the same port.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    g: &mut TcpGen,
+    rx: &mut RxQueue<'_>,
+    tx: &mut TxQueue<'_>,
+    burst: &mut Burst,
+    side_a: bool,
+    hist: &mut Histogram<u64>,
+    record: bool,
+    hz: u64,
+) -> usize {
+    let n = rx.recv(burst, 64);
+    if n == 0 {
+        return 0;
+    }
+    let now = rdtsc();
+    for mut m in burst.drain() {
+        // Room for a reply longer than the frame (a SYN-ACK with options answering a bare
+        // SYN): classification reads the IP length, not the buffer's.
+        let len = m.len();
+        if len < 128 {
+            m.set_len(128);
+        }
+        let r = if side_a {
+            g.on_a(m.data_mut(), now, &mut |ticks| {
+                if record {
+                    let ns = u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1));
+                    let _ = hist.record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+                }
+            })
+        } else {
+            g.on_b(m.data_mut())
+        };
+        if let Reply::Send(len) = r {
+            m.set_len(len);
+            let t = tx.push(m);
+            g.c.tx_backpressure += u64::from(t.dropped);
+        }
+    }
+    n
+}
+
+fn percentiles(h: &Histogram<u64>) -> [u64; 5] {
+    if h.is_empty() {
+        return [0; 5];
+    }
+    [
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+    ]
+}
+
+/// The generator's TCP mode: ARP, set-up of all flows, then data at `--rate` (or as fast as
+/// the ports take it) with a warm-up, a measurement window and a drain.
+#[allow(clippy::too_many_arguments)]
+pub fn run_tcp(
+    a: &GenArgs,
+    pool: &Mempool<'_>,
+    mac_a: [u8; 6],
+    mac_b: [u8; 6],
+    txa: &mut TxQueue<'_>,
+    rxa: &mut RxQueue<'_>,
+    txb: &mut TxQueue<'_>,
+    rxb: &mut RxQueue<'_>,
+) -> Res<GenResult> {
+    if a.flows == 0 || a.flows > MAX_FLOWS {
+        return Err(format!("--flows {}: 1..={MAX_FLOWS}", a.flows));
+    }
+    let sizes = Sizes::parse(&a.sizes)?;
+    let hz = tsc_hz();
+    let mut g = TcpGen::new(a.flows, sizes, mac_a, mac_b);
+    g.check_every = a.check_every.max(1);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| format!("histogram: {e}"))?;
+    let mut burst = Burst::default();
+    let mut out = Burst::default();
+    txa.set_threshold(32);
+    txb.set_threshold(32);
+
+    // The proxy's MACs, by ARP on both sides.
+    let t0 = Instant::now();
+    let mut last_ask = None::<Instant>;
+    while g.proxy_a.is_none() || g.proxy_b.is_none() {
+        if last_ask.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
+            for (side_a, mac, ip, target) in [
+                (true, mac_a, [198, 18, 0, 1], PROXY_A),
+                (false, mac_b, crate::tcpgen::BACKEND, PROXY_B),
+            ] {
+                if let Some(mut m) = pool.alloc() {
+                    m.set_len(60);
+                    TcpGen::arp_request(m.data_mut(), mac, ip, target);
+                    if side_a {
+                        txa.push(m);
+                        txa.flush();
+                    } else {
+                        txb.push(m);
+                        txb.flush();
+                    }
+                }
+            }
+            last_ask = Some(Instant::now());
+        }
+        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, false, hz);
+        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err("the forwarder did not answer ARP for 198.18.0.254 / 198.19.0.254 within 10 s (is it the proxy with bench-proxy-memif.toml?)".into());
+        }
+    }
+
+    // Set-up: SYNs as fast as the port takes them, at most `inflight` handshakes open at a
+    // time (more would only overflow the rings); when handshakes stop completing for 200 ms,
+    // SYNs of the unfinished flows go again (lost SYNs), until 5 s pass without progress.
+    let setup_start = Instant::now();
+    let mut last_gain = setup_start;
+    let mut last_try = setup_start;
+    let mut last_count = 0u64;
+    let mut retry_cursor = 0u32;
+    let mut retried = 0u64;
+    let mut last_progress = Instant::now();
+    let open_max = a.inflight.max(32);
+    while g.established() < u64::from(a.flows) {
+        let open = u64::from(g.next_syn).saturating_sub(g.established());
+        let want = (u64::from(a.flows - g.next_syn))
+            .min(32)
+            .min(open_max.saturating_sub(open));
+        if want > 0 && pool.alloc_bulk(&mut out, want as usize) {
+            for m in out.iter_mut() {
+                m.set_len(60);
+                if let Some(len) = g.next_syn(m.data_mut()) {
+                    m.set_len(len);
+                }
+            }
+            let t = txa.push_burst(&mut out);
+            g.c.tx_backpressure += u64::from(t.dropped);
+        }
+        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, false, hz);
+        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
+        txa.flush();
+        txb.flush();
+        if g.established() != last_count {
+            last_count = g.established();
+            last_gain = Instant::now();
+            last_try = last_gain;
+        } else if last_gain.elapsed() > Duration::from_secs(5) {
+            break;
+        } else if last_try.elapsed() > Duration::from_millis(200) && open > 0 {
+            // At most `open_max` SYNs again per pass, from where the last pass stopped.
+            let mut sent = 0;
+            for _ in 0..g.next_syn {
+                if retry_cursor >= g.next_syn {
+                    retry_cursor = 0;
+                }
+                let i = retry_cursor;
+                retry_cursor += 1;
+                if let Some(mut m) = pool.alloc() {
+                    m.set_len(60);
+                    if let Some(len) = g.retry_syn(i, m.data_mut()) {
+                        m.set_len(len);
+                        txa.push(m);
+                        sent += 1;
+                        if sent >= open_max {
+                            break;
+                        }
+                    }
+                }
+            }
+            txa.flush();
+            retried += sent;
+            last_try = Instant::now();
+        }
+        if a.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            eprintln!(
+                "[tcp] set-up {:.1} s: {} of {} flows ({:.0} /s, {retried} SYNs sent again)",
+                setup_start.elapsed().as_secs_f64(),
+                g.established(),
+                a.flows,
+                g.established() as f64 / setup_start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let last_est = last_gain;
+    let setup_seconds = last_est.duration_since(setup_start).as_secs_f64().max(1e-9);
+    let setup_rate = g.established() as f64 / setup_seconds;
+    // The last handshake ACKs reach the server side.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_millis(200) {
+        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, false, hz);
+        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
+        txa.flush();
+        txb.flush();
+    }
+
+    // Data: warm-up, window, drain.
+    let start = rdtsc();
+    let warm_end = start + harness::secs_to_tsc(a.warmup, hz);
+    let end = warm_end + harness::secs_to_tsc(a.duration, hz);
+    let rate = a.rate;
+    let mut measuring = false;
+    let mut at_start = TcpCounters::default();
+    let at_end;
+    let mut t_start = 0u64;
+    let mut next_report = start + hz;
+    let mut i = 0u32;
+    loop {
+        let now = rdtsc();
+        let mut allowed = if rate > 0 {
+            let due = u128::from(now - start) * u128::from(rate) / u128::from(hz.max(1));
+            let due = u64::try_from(due).unwrap_or(u64::MAX);
+            due.saturating_sub(g.c.data_sent).min(32) as usize
+        } else {
+            32
+        };
+        if a.inflight > 0 {
+            let in_flight = g.c.data_sent.saturating_sub(g.c.data_received);
+            allowed = allowed.min(a.inflight.saturating_sub(in_flight) as usize);
+        }
+        if allowed > 0 && pool.alloc_bulk(&mut out, allowed) {
+            let mut k = 0;
+            for m in out.iter_mut() {
+                m.set_len(1514);
+                if let Some(len) = g.next_data(m.data_mut(), now) {
+                    m.set_len(len);
+                    k += 1;
+                } else {
+                    break;
+                }
+            }
+            out.truncate(k);
+            let t = txb.push_burst(&mut out);
+            // Segments the port refused were never sent (their flows now have a gap, as after
+            // a loss on the server's own link).
+            g.c.tx_backpressure += u64::from(t.dropped);
+            g.c.data_sent -= u64::from(t.dropped);
+        }
+        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, measuring, hz);
+        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
+        i = i.wrapping_add(1);
+        if i % 16 == 0 {
+            txa.flush();
+            txb.flush();
+            let now = rdtsc();
+            if !measuring && now >= warm_end {
+                measuring = true;
+                at_start = g.c.clone();
+                t_start = now;
+            }
+            if now >= end {
+                at_end = (g.c.clone(), now);
+                break;
+            }
+            if a.progress && now >= next_report {
+                next_report = now + hz;
+                let p = percentiles(&hist);
+                eprintln!(
+                    "[tcp] data {:.1} s: {} segments received, p99 {:.1} us",
+                    (now - start) as f64 / hz as f64,
+                    g.c.data_received,
+                    p[2] as f64 / 1e3
+                );
+            }
+        }
+    }
+    let (c_end, t_end) = at_end;
+    let drain = Instant::now();
+    while drain.elapsed() < Duration::from_millis(300) {
+        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, false, hz);
+        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
+        txa.flush();
+        txb.flush();
+    }
+    let seconds = (t_end - t_start) as f64 / hz as f64;
+    let window = sub(&c_end, &at_start);
+    let report = TcpReport {
+        flows: a.flows,
+        established: g.established(),
+        setup_seconds,
+        setup_rate,
+        seconds,
+        offered_pps: window.data_sent as f64 / seconds,
+        lost: g.c.data_sent.saturating_sub(g.c.data_received),
+        latency_ns: percentiles(&hist),
+        window,
+        total: g.c.clone(),
+    };
+    Ok(GenResult {
+        sent: report.window.data_sent,
+        tx_backpressure: report.window.tx_backpressure,
+        received: report.window.data_received + report.window.acks_received,
+        received_bytes: report.window.data_wire_bytes,
+        seconds,
+        tcp: Some(report),
+        ..GenResult::default()
+    })
+}
+
+/// Arguments of `tcp`.
+#[derive(Debug, Args)]
+pub struct TcpArgs {
+    /// Flows.
+    #[arg(long, default_value_t = 1000)]
+    pub flows: u32,
+    /// Data frame size on the wire (64..=1518) or `imix`.
+    #[arg(long, default_value = "64")]
+    pub sizes: String,
+    /// Data segments per second (0: as fast as the ports take them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 4.0)]
+    pub duration: f64,
+    /// Check checksums and flow identity of every n-th frame received (1: all).
+    #[arg(long, default_value_t = 64)]
+    pub check_every: u64,
+    /// Data segments in flight at most (sent, not yet received), over all flows: keeps a
+    /// max-rate run at the forwarder's capacity instead of overflowing rings (0: no limit,
+    /// the overload scenario).
+    #[arg(long, default_value_t = 512)]
+    pub inflight: u64,
+    /// The proxy's profile.
+    #[arg(long, default_value_os_t = proxy_config())]
+    pub proxy_config: std::path::PathBuf,
+    /// Print the whole report as one JSON line (prefixed `REPORT `).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub harness: HarnessArgs,
+}
+
+/// One stateful run; fails when flows did not complete their handshakes or a check failed.
+pub fn tcp(a: &TcpArgs) -> Res<()> {
+    let dir = harness::work_dir(&a.harness.dir)?;
+    let (t, stats) = tcp_run(
+        &dir,
+        &a.proxy_config,
+        a.flows,
+        &a.sizes,
+        a.rate,
+        a.duration,
+        a.check_every,
+        a.inflight,
+        a.harness.no_huge,
+    )?;
+    if a.json {
+        println!("REPORT {}", serde_json::to_string(&t).unwrap_or_default());
+    }
+    let (table, engine, _) = bytes_per_flow(&stats, a.flows);
+    let w = &t.window;
+    println!(
+        "flows: {} of {} established in {:.3} s ({:.0} handshakes/s)",
+        t.established, t.flows, t.setup_seconds, t.setup_rate
+    );
+    println!(
+        "data: offered {:.3} Mpps, received {:.3} Mpps ({:.2} Gbit/s on the wire), forwarded with ACKs {:.3} Mpps; lost {} of {}",
+        t.offered_pps / 1e6,
+        w.data_received as f64 / t.seconds / 1e6,
+        w.data_wire_bytes as f64 * 8.0 / t.seconds / 1e9,
+        fwd_mpps(&t),
+        t.lost,
+        t.total.data_sent
+    );
+    println!(
+        "latency (one way through the forwarder): p50 {:.1} us, p90 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us ({} stamps)",
+        t.latency_ns[0] as f64 / 1e3,
+        t.latency_ns[1] as f64 / 1e3,
+        t.latency_ns[2] as f64 / 1e3,
+        t.latency_ns[3] as f64 / 1e3,
+        t.latency_ns[4] as f64 / 1e3,
+        t.total.stamps
+    );
+    println!(
+        "checks: {} frames checked, {} bad checksums, {} unknown, {} out of order, {} resets",
+        t.total.checked,
+        t.total.bad_checksum,
+        t.total.unknown,
+        t.total.out_of_order,
+        t.total.resets
+    );
+    let cpp = stats["workers"][0]["cycles_per_packet"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let hz = stats["tsc_hz"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "proxy worker: {cpp:.1} busy cycles per packet (its capacity on this core: {:.2} Mpps)",
+        hz / cpp / 1e6
+    );
+    let p = &stats["proxy"][0];
+    println!(
+        "proxy: flows_created {}, flows_active {}, {:.0} B per flow entry (table, for its capacity) + {:.0} B engine per live flow; mempool in use at exit {}; drops {}",
+        p["flows_created"], p["flows_active"], table, engine, stats["mempool_in_use"], p["drops"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    if t.established < u64::from(t.flows) {
+        return Err(format!(
+            "{} of {} flows did not complete their handshake",
+            u64::from(t.flows) - t.established,
+            t.flows
+        ));
+    }
+    if t.total.bad_checksum + t.total.unknown + t.total.resets > 0 {
+        return Err("frames failed the generator's checks (see above)".into());
+    }
+    Ok(())
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Flow counts for the rate-vs-flows scenario (64 B frames).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,65536,1000000,4000000"
+    )]
+    pub flows: Vec<u32>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 4.0)]
+    pub duration: f64,
+    /// Rounds of the 64 B comparison (testpmd io, 5tswap and the proxy interleaved).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Where the plot goes (SVG).
+    #[arg(long, default_value = "target/bench/rate-vs-flows.svg")]
+    pub plot: std::path::PathBuf,
+    /// The proxy's profile for the stateful runs.
+    #[arg(long, default_value_os_t = proxy_config())]
+    pub proxy_config: std::path::PathBuf,
+    #[command(flatten)]
+    pub harness: HarnessArgs,
+}
+
+fn proxy_config() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/bench-proxy-memif.toml")
+}
+
+/// One stateful run through the proxy.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_run(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    flows: u32,
+    sizes: &str,
+    rate: u64,
+    duration: f64,
+    check_every: u64,
+    inflight: u64,
+    no_huge: bool,
+) -> Res<(TcpReport, serde_json::Value)> {
+    let mut gen_args = vec![
+        "--mode".to_owned(),
+        "tcp".to_owned(),
+        "--flows".to_owned(),
+        flows.to_string(),
+        "--sizes".to_owned(),
+        sizes.to_owned(),
+        "--rate".to_owned(),
+        rate.to_string(),
+        "--duration".to_owned(),
+        duration.to_string(),
+        "--check-every".to_owned(),
+        check_every.to_string(),
+        "--inflight".to_owned(),
+        inflight.to_string(),
+        "--progress".to_owned(),
+    ];
+    if no_huge {
+        gen_args.push("--no-huge".to_owned());
+    }
+    let (r, stats) =
+        harness::run_once_stats(Forwarder::TsmpProxy, dir, config, &gen_args, no_huge)?;
+    let t = r.tcp.ok_or("the generator returned no TCP report")?;
+    Ok((t, stats))
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    scenario: String,
+    forwarder: &'static str,
+    frame: String,
+    flows: u64,
+    mpps: f64,
+    gbps: f64,
+    extra: String,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Forwarded packets per second through the proxy: data one way, ACKs the other.
+fn fwd_mpps(t: &TcpReport) -> f64 {
+    (t.window.data_received + t.window.acks_received) as f64 / t.seconds / 1e6
+}
+
+fn bytes_per_flow(stats: &serde_json::Value, flows: u32) -> (f64, f64, u64) {
+    let p = &stats["proxy"][0];
+    let table = p["flow_table_bytes"].as_f64().unwrap_or(f64::NAN);
+    let cap = p["flow_capacity"].as_f64().unwrap_or(f64::NAN);
+    let engines = p["engine_bytes"].as_f64().unwrap_or(f64::NAN);
+    let active = p["engines_active"]
+        .as_f64()
+        .unwrap_or(f64::from(flows))
+        .max(1.0);
+    (
+        table / cap,
+        engines / active,
+        stats["mempool_peak"].as_u64().unwrap_or(0),
+    )
+}
+
+/// The side-by-side benchmark: stateless forwarding (testpmd io and 5tswap) against the
+/// proxy's established flows at 64 B, then the proxy alone across frame sizes and flow-table
+/// sizes, and a table of absolute figures and ratios, plus a plot of rate vs flows.
+pub fn bench(a: &BenchArgs) -> Res<()> {
+    let dir = harness::work_dir(&a.harness.dir)?;
+    let nh = a.harness.no_huge;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "# memif harness: generator+sink on lcore 0, forwarder worker on lcore 1; {} s per run; loadavg at start: {}",
+        a.duration,
+        load.trim()
+    );
+    let mut rows: Vec<Row> = Vec::new();
+
+    // (1) 64 B: testpmd io, testpmd 5tswap (stateless frames) and the proxy (1K established
+    // flows, data + ACKs), interleaved rounds, medians.
+    let mut io = Vec::new();
+    let mut swap = Vec::new();
+    let mut px = Vec::new();
+    let mut px_last = None;
+    for round in 0..a.rounds {
+        for kind in [Forwarder::TestpmdIo, Forwarder::Testpmd5tswap] {
+            let (r, _) = harness::rate_run(kind, &dir, &a.harness.config, 64, a.duration, nh)?;
+            let m = r.received as f64 / r.seconds / 1e6;
+            eprintln!("  64 B round {round} {:<28} {m:7.3} Mpps", kind.label());
+            if kind == Forwarder::TestpmdIo {
+                io.push(m)
+            } else {
+                swap.push(m)
+            }
+        }
+        let (t, s) = tcp_run(
+            &dir,
+            &a.proxy_config,
+            1000,
+            "64",
+            0,
+            a.duration,
+            64,
+            512,
+            nh,
+        )?;
+        let m = fwd_mpps(&t);
+        eprintln!(
+            "  64 B round {round} {:<28} {m:7.3} Mpps",
+            "tsmp-proxy 1K flows"
+        );
+        px.push(m);
+        px_last = Some((t, s));
+    }
+    let (io_m, swap_m, px_m) = (median(&mut io), median(&mut swap), median(&mut px));
+    let gb = |mpps: f64, frame: f64| mpps * frame * 8.0 / 1e3;
+    rows.push(Row {
+        scenario: "established, 64 B".into(),
+        forwarder: "dpdk-testpmd io",
+        frame: "64".into(),
+        flows: 0,
+        mpps: io_m,
+        gbps: gb(io_m, 64.0),
+        extra: String::new(),
+    });
+    rows.push(Row {
+        scenario: "established, 64 B".into(),
+        forwarder: "dpdk-testpmd 5tswap",
+        frame: "64".into(),
+        flows: 0,
+        mpps: swap_m,
+        gbps: gb(swap_m, 64.0),
+        extra: String::new(),
+    });
+    let (t, _) = px_last.ok_or("no proxy run")?;
+    rows.push(Row {
+        scenario: "established, 64 B".into(),
+        forwarder: "tsmp-proxy",
+        frame: "64".into(),
+        flows: 1000,
+        mpps: px_m,
+        gbps: gb(px_m, 64.0),
+        extra: format!(
+            "p50/p99 {:.1}/{:.1} us",
+            t.latency_ns[0] as f64 / 1e3,
+            t.latency_ns[2] as f64 / 1e3
+        ),
+    });
+
+    // (2) The proxy across frame sizes (1K flows).
+    for size in ["1500", "imix"] {
+        let (t, _) = tcp_run(
+            &dir,
+            &a.proxy_config,
+            1000,
+            size,
+            0,
+            a.duration,
+            64,
+            512,
+            nh,
+        )?;
+        let m = fwd_mpps(&t);
+        let g = t.window.data_wire_bytes as f64 * 8.0 / t.seconds / 1e9;
+        rows.push(Row {
+            scenario: format!("established, {size}"),
+            forwarder: "tsmp-proxy",
+            frame: size.into(),
+            flows: 1000,
+            mpps: m,
+            gbps: g,
+            extra: format!(
+                "data {:.2} Mpps, p50/p99 {:.1}/{:.1} us",
+                t.window.data_received as f64 / t.seconds / 1e6,
+                t.latency_ns[0] as f64 / 1e3,
+                t.latency_ns[2] as f64 / 1e3
+            ),
+        });
+    }
+
+    // (3) Rate vs flow-table size, set-up rate, memory per flow (64 B).
+    let mut curve = Vec::new();
+    for &n in &a.flows {
+        let (t, s) = tcp_run(&dir, &a.proxy_config, n, "64", 0, a.duration, 64, 512, nh)?;
+        let m = fwd_mpps(&t);
+        let (table, engine, _) = bytes_per_flow(&s, n);
+        curve.push((n, m));
+        rows.push(Row { scenario: "rate vs flows".into(), forwarder: "tsmp-proxy", frame: "64".into(), flows: u64::from(n), mpps: m, gbps: gb(m, 64.0), extra: format!("set-up {:.2} M/s ({} of {n} in {:.2} s); {:.0} B/flow table + {:.0} B engine; lost {}", t.setup_rate / 1e6, t.established, t.setup_seconds, table, engine, t.lost) });
+    }
+
+    println!();
+    println!("| scenario | forwarder | frame | flows | Mpps | Gbit/s | ratio to testpmd io | ratio to 5tswap | notes |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2}x | {:.2}x | {} |",
+            r.scenario,
+            r.forwarder,
+            r.frame,
+            if r.flows == 0 {
+                "-".to_owned()
+            } else {
+                r.flows.to_string()
+            },
+            r.mpps,
+            r.gbps,
+            r.mpps / io_m,
+            r.mpps / swap_m,
+            r.extra
+        );
+    }
+    if let (Some(first), Some(last)) = (curve.first(), curve.last()) {
+        println!();
+        println!(
+            "rate at {} flows / rate at {} flows: {:.2}x",
+            last.0,
+            first.0,
+            last.1 / first.1
+        );
+    }
+    plot(&a.plot, &curve, io_m, swap_m)?;
+    println!("plot: {}", a.plot.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Rate vs flows (log x), with testpmd's stateless rates as reference lines.
+fn plot(path: &std::path::Path, curve: &[(u32, f64)], io: f64, swap: f64) -> Res<()> {
+    let (w, h, l, r, t, b) = (640.0, 360.0, 60.0, 20.0, 30.0, 50.0);
+    let ymax = curve.iter().map(|c| c.1).fold(io.max(swap), f64::max) * 1.15;
+    let (xmin, xmax) = (2.5f64, 7.0f64); // log10 flows
+    let x = |n: f64| l + (n.log10() - xmin) / (xmax - xmin) * (w - l - r);
+    let y = |v: f64| h - b - v / ymax * (h - t - b);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{l}\" y=\"18\">Forwarded packets/s (64 B, data + ACKs) vs established flows, one worker core</text>\n");
+    s += &format!("<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n", h - b, w - r, h - b, h - b);
+    for e in 3..=6 {
+        let n = 10f64.powi(e);
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">1e{e}</text>\n",
+            x(n),
+            h - b + 16.0
+        );
+    }
+    let steps = 5;
+    for k in 0..=steps {
+        let v = ymax * f64::from(k) / f64::from(steps);
+        s += &format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>\n",
+            l - 6.0,
+            y(v) + 4.0
+        );
+    }
+    s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">flows (log)</text>\n<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">Mpps</text>\n", (l + w - r) / 2.0, h - 12.0, h / 2.0, h / 2.0);
+    for (v, name, color) in [
+        (io, "dpdk-testpmd io (stateless)", "#999"),
+        (swap, "dpdk-testpmd 5tswap (stateless)", "#2ca02c"),
+    ] {
+        s += &format!("<line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-dasharray=\"5,4\"/>\n<text x=\"{}\" y=\"{:.1}\" fill=\"{color}\" text-anchor=\"end\">{name}</text>\n", y(v), w - r, y(v), w - r, y(v) - 4.0);
+    }
+    let pts: Vec<String> = curve
+        .iter()
+        .map(|(n, m)| format!("{:.1},{:.1}", x(f64::from(*n)), y(*m)))
+        .collect();
+    s += &format!(
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n",
+        pts.join(" ")
+    );
+    for (n, m) in curve {
+        s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#1f77b4\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1f77b4\" text-anchor=\"middle\">{m:.2}</text>\n", x(f64::from(*n)), y(*m), x(f64::from(*n)), y(*m) - 8.0);
+    }
+    s += "<text x=\"70\" y=\"46\" fill=\"#1f77b4\">tsmp-proxy (stateful: full NAT, flow table, per-flow caches)</text>\n</svg>\n";
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    std::fs::write(path, s).map_err(|e| format!("{}: {e}", path.display()))
+}
