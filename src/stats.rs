@@ -203,8 +203,8 @@ pub struct ProxyExtra {
     pub flow_capacity: u64,
     /// Flow table and engine pointers, bytes.
     pub flow_table_bytes: u64,
-    /// Live engines, bytes.
-    pub engine_bytes: u64,
+    /// Bytes of one migration engine (`engine_bytes` = this x live engines).
+    pub engine_size: u64,
     /// Frames received from other workers.
     pub handoffs_in: u64,
     /// Hand-off ring full.
@@ -235,7 +235,8 @@ impl ProxyCounters {
         self.flows_active.store(x.flows_active, Relaxed);
         self.flow_capacity.store(x.flow_capacity, Relaxed);
         self.flow_table_bytes.store(x.flow_table_bytes, Relaxed);
-        self.engine_bytes.store(x.engine_bytes, Relaxed);
+        self.engine_bytes
+            .store(x.migration.engines_active * x.engine_size, Relaxed);
         self.handoffs_in.store(x.handoffs_in, Relaxed);
         self.handoff_ring_full.store(x.handoff_ring_full, Relaxed);
         self.snat_ports_free.store(x.snat_ports_free, Relaxed);

@@ -431,8 +431,8 @@ impl ProxyWorker<'_> {
     /// Runs until `stop` is set.
     pub fn run(mut self, stop: &AtomicBool, counters: &WorkerCounters, proxy: &ProxyCounters) {
         let mut s = WorkerSnapshot::default();
-        let engine_size = std::mem::size_of::<Engine<Mbuf>>() as u64;
         let mut x = ProxyExtra {
+            engine_size: std::mem::size_of::<Engine<Mbuf>>() as u64,
             flow_capacity: self.core.flows.capacity() as u64,
             flow_table_bytes: (self.core.flows.memory_bytes()
                 + self.engines.capacity() * std::mem::size_of::<Option<Box<Engine<Mbuf>>>>()
@@ -495,7 +495,6 @@ impl ProxyWorker<'_> {
                 x.flows_active = self.core.flow_count() as u64;
                 x.snat_ports_free = self.core.snat_ports_free() as u64;
                 counters.publish(&s);
-                x.engine_bytes = x.migration.engines_active * engine_size;
                 proxy.publish(&self.core.stats, &x);
                 last_drain = now;
             }
@@ -505,7 +504,6 @@ impl ProxyWorker<'_> {
         }
         x.flows_active = self.core.flow_count() as u64;
         counters.publish(&s);
-        x.engine_bytes = x.migration.engines_active * engine_size;
         proxy.publish(&self.core.stats, &x);
     }
 

@@ -8,17 +8,8 @@ mod common;
 fn frames_cross_memif_passthrough_intact() {
     common::require_root();
     let dir = common::TempDir::new("memif");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsmp-pktgen"))
-        .args(["verify", "--count", "20000", "--dir"])
-        .arg(&dir.0)
-        .output()
-        .expect("run tsmp-pktgen");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "verify failed:\n{text}");
+    let (ok, text) = common::pktgen(&["verify", "--count", "20000"], &dir.0);
+    assert!(ok, "verify failed:\n{text}");
     assert!(
         text.contains("sent=20000 received=20000 missing=0 duplicates=0 corrupt=0 misdirected=0"),
         "{text}"

@@ -13,8 +13,8 @@ mod common;
 fn stateful_generator_runs_tcp_flows_through_the_proxy() {
     common::require_root();
     let dir = common::TempDir::new("tcpgen");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsmp-pktgen"))
-        .args([
+    let (ok, text) = common::pktgen(
+        &[
             "tcp",
             "--flows",
             "300",
@@ -27,17 +27,10 @@ fn stateful_generator_runs_tcp_flows_through_the_proxy() {
             "--check-every",
             "1",
             "--json",
-            "--dir",
-        ])
-        .arg(&dir.0)
-        .output()
-        .expect("run tsmp-pktgen");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &dir.0,
     );
-    assert!(out.status.success(), "tcp run failed:\n{text}");
+    assert!(ok, "tcp run failed:\n{text}");
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("REPORT "))

@@ -53,21 +53,9 @@ pub struct GenArgs {
     /// Run EAL without hugepages.
     #[arg(long)]
     pub no_huge: bool,
-    /// TCP mode: flows to set up and carry.
-    #[arg(long, default_value_t = 1000)]
-    pub flows: u32,
-    /// TCP mode: data frame size on the wire (64..=1518) or `imix`.
-    #[arg(long, default_value = "64")]
-    pub sizes: String,
-    /// TCP mode: data segments per second to offer (0: as fast as the ports take them).
-    #[arg(long, default_value_t = 0)]
-    pub rate: u64,
-    /// TCP mode: check checksums and flow identity of every n-th received frame.
-    #[arg(long, default_value_t = 64)]
-    pub check_every: u64,
-    /// TCP mode: data segments in flight at most over all flows (0: no limit).
-    #[arg(long, default_value_t = 512)]
-    pub inflight: u64,
+    /// TCP mode: the flows and their traffic.
+    #[command(flatten)]
+    pub tcp: crate::stateful::TcpOptions,
     /// TCP mode: progress lines on stderr every second.
     #[arg(long)]
     pub progress: bool,
@@ -151,26 +139,20 @@ pub fn gen(a: &GenArgs) -> Res<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
-    let result = {
+    let result = if a.mode == GenMode::Tcp {
+        crate::stateful::run_tcp(a, &pool, &ports).unwrap_or_else(|e| {
+            eprintln!("tsmp-pktgen gen: {e}");
+            GenResult::default()
+        })
+    } else {
         let mut rxa = ports[0].rx_queue(0).map_err(|e| e.to_string())?;
         let mut txa = ports[0].tx_queue(0).map_err(|e| e.to_string())?;
         let mut rxb = ports[1].rx_queue(0).map_err(|e| e.to_string())?;
         let mut txb = ports[1].tx_queue(0).map_err(|e| e.to_string())?;
-        match a.mode {
-            GenMode::Rate => run_rate(a, &pool, &mut txa, &mut rxa, &mut rxb),
-            GenMode::Verify => run_verify(a, &pool, [&mut txa, &mut txb], [&mut rxa, &mut rxb]),
-            GenMode::Tcp => {
-                let (ma, mb) = (ports[0].info().mac, ports[1].info().mac);
-                match crate::stateful::run_tcp(
-                    a, &pool, ma, mb, &mut txa, &mut rxa, &mut txb, &mut rxb,
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("tsmp-pktgen gen: {e}");
-                        GenResult::default()
-                    }
-                }
-            }
+        if a.mode == GenMode::Rate {
+            run_rate(a, &pool, &mut txa, &mut rxa, &mut rxb)
+        } else {
+            run_verify(a, &pool, [&mut txa, &mut txb], [&mut rxa, &mut rxb])
         }
     };
     println!(

@@ -7,7 +7,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use tsmp::dpdk::{rdtsc, tsc_hz, Burst, Mempool, RxQueue, TxQueue};
+use tsmp::dpdk::{rdtsc, tsc_hz, Burst, Mempool, Port, RxQueue, TxQueue};
 
 use crate::harness::{self, Forwarder, GenArgs, GenResult, HarnessArgs, Res};
 use crate::tcpgen::{Reply, Sizes, TcpCounters, TcpGen, MAX_FLOWS, PROXY_A, PROXY_B};
@@ -60,47 +60,93 @@ fn sub(a: &TcpCounters, b: &TcpCounters) -> TcpCounters {
     }
 }
 
-/// Receives a burst on one side and sends the in-place replies back out of the same port.
-#[allow(clippy::too_many_arguments)]
-fn serve(
-    g: &mut TcpGen,
-    rx: &mut RxQueue<'_>,
-    tx: &mut TxQueue<'_>,
-    burst: &mut Burst,
-    side_a: bool,
-    hist: &mut Histogram<u64>,
-    record: bool,
+/// The generator between its two ports: the flows' state, the four queues it serves, and the
+/// latency histogram the client side records into.
+struct Wire<'q, 'p> {
+    g: TcpGen,
+    rxa: RxQueue<'p>,
+    txa: TxQueue<'p>,
+    rxb: RxQueue<'p>,
+    txb: TxQueue<'p>,
+    burst: Burst,
+    hist: Histogram<u64>,
     hz: u64,
-) -> usize {
-    let n = rx.recv(burst, 64);
-    if n == 0 {
-        return 0;
-    }
-    let now = rdtsc();
-    for mut m in burst.drain() {
-        // Room for a reply longer than the frame (a SYN-ACK with options answering a bare
-        // SYN): classification reads the IP length, not the buffer's.
-        let len = m.len();
-        if len < 128 {
-            m.set_len(128);
-        }
-        let r = if side_a {
-            g.on_a(m.data_mut(), now, &mut |ticks| {
-                if record {
-                    let ns = u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1));
-                    let _ = hist.record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
-                }
-            })
+    pool: &'q Mempool<'q>,
+}
+
+impl Wire<'_, '_> {
+    /// Receives a burst on one side and sends the in-place replies back out of the same port;
+    /// `record`: latency stamps go into the histogram.
+    fn serve(&mut self, side_a: bool, record: bool) {
+        let (rx, tx) = if side_a {
+            (&mut self.rxa, &mut self.txa)
         } else {
-            g.on_b(m.data_mut())
+            (&mut self.rxb, &mut self.txb)
         };
-        if let Reply::Send(len) = r {
-            m.set_len(len);
-            let t = tx.push(m);
-            g.c.tx_backpressure += u64::from(t.dropped);
+        if rx.recv(&mut self.burst, 64) == 0 {
+            return;
+        }
+        let now = rdtsc();
+        let (g, hist, hz) = (&mut self.g, &mut self.hist, self.hz);
+        for mut m in self.burst.drain() {
+            // Room for a reply longer than the frame (a SYN-ACK with options answering a bare
+            // SYN): classification reads the IP length, not the buffer's.
+            if m.len() < 128 {
+                m.set_len(128);
+            }
+            let r = if side_a {
+                g.on_a(m.data_mut(), now, &mut |ticks| {
+                    if record {
+                        let ns = u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1));
+                        let _ = hist.record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+                    }
+                })
+            } else {
+                g.on_b(m.data_mut())
+            };
+            if let Reply::Send(len) = r {
+                m.set_len(len);
+                let t = tx.push(m);
+                g.c.tx_backpressure += u64::from(t.dropped);
+            }
         }
     }
-    n
+
+    /// Both sides once (latency recorded when `record`).
+    fn poll(&mut self, record: bool) {
+        self.serve(true, record);
+        self.serve(false, false);
+    }
+
+    fn flush(&mut self) {
+        self.txa.flush();
+        self.txb.flush();
+    }
+
+    /// Polls and flushes for `d` without sending anything new (the last replies settle).
+    fn settle(&mut self, d: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            self.poll(false);
+            self.flush();
+        }
+    }
+
+    /// An ARP request for the proxy's address on one side.
+    fn ask_proxy(&mut self, side_a: bool) {
+        let Some(mut m) = self.pool.alloc() else {
+            return;
+        };
+        m.set_len(60);
+        let (mac, ip, target, tx) = if side_a {
+            (self.g.mac_a, [198, 18, 0, 1], PROXY_A, &mut self.txa)
+        } else {
+            (self.g.mac_b, crate::tcpgen::BACKEND, PROXY_B, &mut self.txb)
+        };
+        TcpGen::arp_request(m.data_mut(), mac, ip, target);
+        tx.push(m);
+        tx.flush();
+    }
 }
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 5] {
@@ -118,56 +164,49 @@ fn percentiles(h: &Histogram<u64>) -> [u64; 5] {
 
 /// The generator's TCP mode: ARP, set-up of all flows, then data at `--rate` (or as fast as
 /// the ports take it) with a warm-up, a measurement window and a drain.
-#[allow(clippy::too_many_arguments)]
-pub fn run_tcp(
-    a: &GenArgs,
-    pool: &Mempool<'_>,
-    mac_a: [u8; 6],
-    mac_b: [u8; 6],
-    txa: &mut TxQueue<'_>,
-    rxa: &mut RxQueue<'_>,
-    txb: &mut TxQueue<'_>,
-    rxb: &mut RxQueue<'_>,
-) -> Res<GenResult> {
-    if a.flows == 0 || a.flows > MAX_FLOWS {
-        return Err(format!("--flows {}: 1..={MAX_FLOWS}", a.flows));
+pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenResult> {
+    let o = &a.tcp;
+    if o.flows == 0 || o.flows > MAX_FLOWS {
+        return Err(format!("--flows {}: 1..={MAX_FLOWS}", o.flows));
     }
-    let sizes = Sizes::parse(&a.sizes)?;
+    let [pa, pb] = ports else {
+        return Err("the TCP mode needs two ports".into());
+    };
     let hz = tsc_hz();
-    let mut g = TcpGen::new(a.flows, sizes, mac_a, mac_b);
-    g.check_every = a.check_every.max(1);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
-    let mut burst = Burst::default();
+    let mut g = TcpGen::new(
+        o.flows,
+        Sizes::parse(&o.sizes)?,
+        pa.info().mac,
+        pb.info().mac,
+    );
+    g.check_every = o.check_every.max(1);
+    let q = |e: tsmp::dpdk::Error| e.to_string();
+    let mut w = Wire {
+        g,
+        rxa: pa.rx_queue(0).map_err(q)?,
+        txa: pa.tx_queue(0).map_err(q)?,
+        rxb: pb.rx_queue(0).map_err(q)?,
+        txb: pb.tx_queue(0).map_err(q)?,
+        burst: Burst::default(),
+        hist: Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .map_err(|e| format!("histogram: {e}"))?,
+        hz,
+        pool,
+    };
     let mut out = Burst::default();
-    txa.set_threshold(32);
-    txb.set_threshold(32);
+    w.txa.set_threshold(32);
+    w.txb.set_threshold(32);
 
     // The proxy's MACs, by ARP on both sides.
     let t0 = Instant::now();
     let mut last_ask = None::<Instant>;
-    while g.proxy_a.is_none() || g.proxy_b.is_none() {
+    while w.g.proxy_a.is_none() || w.g.proxy_b.is_none() {
         if last_ask.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
-            for (side_a, mac, ip, target) in [
-                (true, mac_a, [198, 18, 0, 1], PROXY_A),
-                (false, mac_b, crate::tcpgen::BACKEND, PROXY_B),
-            ] {
-                if let Some(mut m) = pool.alloc() {
-                    m.set_len(60);
-                    TcpGen::arp_request(m.data_mut(), mac, ip, target);
-                    if side_a {
-                        txa.push(m);
-                        txa.flush();
-                    } else {
-                        txb.push(m);
-                        txb.flush();
-                    }
-                }
-            }
+            w.ask_proxy(true);
+            w.ask_proxy(false);
             last_ask = Some(Instant::now());
         }
-        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, false, hz);
-        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
+        w.poll(false);
         if t0.elapsed() > Duration::from_secs(10) {
             return Err("the forwarder did not answer ARP for 198.18.0.254 / 198.19.0.254 within 10 s (is it the proxy with bench-proxy-memif.toml?)".into());
         }
@@ -183,28 +222,26 @@ pub fn run_tcp(
     let mut retry_cursor = 0u32;
     let mut retried = 0u64;
     let mut last_progress = Instant::now();
-    let open_max = a.inflight.max(32);
-    while g.established() < u64::from(a.flows) {
-        let open = u64::from(g.next_syn).saturating_sub(g.established());
-        let want = (u64::from(a.flows - g.next_syn))
+    let open_max = o.inflight.max(32);
+    while w.g.established() < u64::from(o.flows) {
+        let open = u64::from(w.g.next_syn).saturating_sub(w.g.established());
+        let want = (u64::from(o.flows - w.g.next_syn))
             .min(32)
             .min(open_max.saturating_sub(open));
         if want > 0 && pool.alloc_bulk(&mut out, want as usize) {
             for m in out.iter_mut() {
                 m.set_len(60);
-                if let Some(len) = g.next_syn(m.data_mut()) {
+                if let Some(len) = w.g.next_syn(m.data_mut()) {
                     m.set_len(len);
                 }
             }
-            let t = txa.push_burst(&mut out);
-            g.c.tx_backpressure += u64::from(t.dropped);
+            let t = w.txa.push_burst(&mut out);
+            w.g.c.tx_backpressure += u64::from(t.dropped);
         }
-        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, false, hz);
-        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
-        txa.flush();
-        txb.flush();
-        if g.established() != last_count {
-            last_count = g.established();
+        w.poll(false);
+        w.flush();
+        if w.g.established() != last_count {
+            last_count = w.g.established();
             last_gain = Instant::now();
             last_try = last_gain;
         } else if last_gain.elapsed() > Duration::from_secs(5) {
@@ -212,17 +249,17 @@ pub fn run_tcp(
         } else if last_try.elapsed() > Duration::from_millis(200) && open > 0 {
             // At most `open_max` SYNs again per pass, from where the last pass stopped.
             let mut sent = 0;
-            for _ in 0..g.next_syn {
-                if retry_cursor >= g.next_syn {
+            for _ in 0..w.g.next_syn {
+                if retry_cursor >= w.g.next_syn {
                     retry_cursor = 0;
                 }
                 let i = retry_cursor;
                 retry_cursor += 1;
                 if let Some(mut m) = pool.alloc() {
                     m.set_len(60);
-                    if let Some(len) = g.retry_syn(i, m.data_mut()) {
+                    if let Some(len) = w.g.retry_syn(i, m.data_mut()) {
                         m.set_len(len);
-                        txa.push(m);
+                        w.txa.push(m);
                         sent += 1;
                         if sent >= open_max {
                             break;
@@ -230,7 +267,7 @@ pub fn run_tcp(
                     }
                 }
             }
-            txa.flush();
+            w.txa.flush();
             retried += sent;
             last_try = Instant::now();
         }
@@ -239,29 +276,23 @@ pub fn run_tcp(
             eprintln!(
                 "[tcp] set-up {:.1} s: {} of {} flows ({:.0} /s, {retried} SYNs sent again)",
                 setup_start.elapsed().as_secs_f64(),
-                g.established(),
-                a.flows,
-                g.established() as f64 / setup_start.elapsed().as_secs_f64()
+                w.g.established(),
+                o.flows,
+                w.g.established() as f64 / setup_start.elapsed().as_secs_f64()
             );
         }
     }
     let last_est = last_gain;
     let setup_seconds = last_est.duration_since(setup_start).as_secs_f64().max(1e-9);
-    let setup_rate = g.established() as f64 / setup_seconds;
+    let setup_rate = w.g.established() as f64 / setup_seconds;
     // The last handshake ACKs reach the server side.
-    let settle = Instant::now();
-    while settle.elapsed() < Duration::from_millis(200) {
-        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, false, hz);
-        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
-        txa.flush();
-        txb.flush();
-    }
+    w.settle(Duration::from_millis(200));
 
     // Data: warm-up, window, drain.
     let start = rdtsc();
     let warm_end = start + harness::secs_to_tsc(a.warmup, hz);
     let end = warm_end + harness::secs_to_tsc(a.duration, hz);
-    let rate = a.rate;
+    let rate = o.rate;
     let mut measuring = false;
     let mut at_start = TcpCounters::default();
     let at_end;
@@ -273,19 +304,19 @@ pub fn run_tcp(
         let mut allowed = if rate > 0 {
             let due = u128::from(now - start) * u128::from(rate) / u128::from(hz.max(1));
             let due = u64::try_from(due).unwrap_or(u64::MAX);
-            due.saturating_sub(g.c.data_sent).min(32) as usize
+            due.saturating_sub(w.g.c.data_sent).min(32) as usize
         } else {
             32
         };
-        if a.inflight > 0 {
-            let in_flight = g.c.data_sent.saturating_sub(g.c.data_received);
-            allowed = allowed.min(a.inflight.saturating_sub(in_flight) as usize);
+        if o.inflight > 0 {
+            let in_flight = w.g.c.data_sent.saturating_sub(w.g.c.data_received);
+            allowed = allowed.min(o.inflight.saturating_sub(in_flight) as usize);
         }
         if allowed > 0 && pool.alloc_bulk(&mut out, allowed) {
             let mut k = 0;
             for m in out.iter_mut() {
                 m.set_len(1514);
-                if let Some(len) = g.next_data(m.data_mut(), now) {
+                if let Some(len) = w.g.next_data(m.data_mut(), now) {
                     m.set_len(len);
                     k += 1;
                 } else {
@@ -293,61 +324,53 @@ pub fn run_tcp(
                 }
             }
             out.truncate(k);
-            let t = txb.push_burst(&mut out);
+            let t = w.txb.push_burst(&mut out);
             // Segments the port refused were never sent (their flows now have a gap, as after
             // a loss on the server's own link).
-            g.c.tx_backpressure += u64::from(t.dropped);
-            g.c.data_sent -= u64::from(t.dropped);
+            w.g.c.tx_backpressure += u64::from(t.dropped);
+            w.g.c.data_sent -= u64::from(t.dropped);
         }
-        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, measuring, hz);
-        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
+        w.poll(measuring);
         i = i.wrapping_add(1);
         if i % 16 == 0 {
-            txa.flush();
-            txb.flush();
+            w.flush();
             let now = rdtsc();
             if !measuring && now >= warm_end {
                 measuring = true;
-                at_start = g.c.clone();
+                at_start = w.g.c.clone();
                 t_start = now;
             }
             if now >= end {
-                at_end = (g.c.clone(), now);
+                at_end = (w.g.c.clone(), now);
                 break;
             }
             if a.progress && now >= next_report {
                 next_report = now + hz;
-                let p = percentiles(&hist);
+                let p = percentiles(&w.hist);
                 eprintln!(
                     "[tcp] data {:.1} s: {} segments received, p99 {:.1} us",
                     (now - start) as f64 / hz as f64,
-                    g.c.data_received,
+                    w.g.c.data_received,
                     p[2] as f64 / 1e3
                 );
             }
         }
     }
     let (c_end, t_end) = at_end;
-    let drain = Instant::now();
-    while drain.elapsed() < Duration::from_millis(300) {
-        serve(&mut g, rxa, txa, &mut burst, true, &mut hist, false, hz);
-        serve(&mut g, rxb, txb, &mut burst, false, &mut hist, false, hz);
-        txa.flush();
-        txb.flush();
-    }
+    w.settle(Duration::from_millis(300));
     let seconds = (t_end - t_start) as f64 / hz as f64;
     let window = sub(&c_end, &at_start);
     let report = TcpReport {
-        flows: a.flows,
-        established: g.established(),
+        flows: o.flows,
+        established: w.g.established(),
         setup_seconds,
         setup_rate,
         seconds,
         offered_pps: window.data_sent as f64 / seconds,
-        lost: g.c.data_sent.saturating_sub(g.c.data_received),
-        latency_ns: percentiles(&hist),
+        lost: w.g.c.data_sent.saturating_sub(w.g.c.data_received),
+        latency_ns: percentiles(&w.hist),
         window,
-        total: g.c.clone(),
+        total: w.g.c.clone(),
     };
     Ok(GenResult {
         sent: report.window.data_sent,
@@ -360,10 +383,10 @@ pub fn run_tcp(
     })
 }
 
-/// Arguments of `tcp`.
-#[derive(Debug, Args)]
-pub struct TcpArgs {
-    /// Flows.
+/// What a TCP-mode run carries: the options `tcp` takes and the generator process receives.
+#[derive(Debug, Clone, Args)]
+pub struct TcpOptions {
+    /// Flows to set up and carry.
     #[arg(long, default_value_t = 1000)]
     pub flows: u32,
     /// Data frame size on the wire (64..=1518) or `imix`.
@@ -372,17 +395,56 @@ pub struct TcpArgs {
     /// Data segments per second (0: as fast as the ports take them).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// Seconds measured.
-    #[arg(long, default_value_t = 4.0)]
-    pub duration: f64,
     /// Check checksums and flow identity of every n-th frame received (1: all).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = CHECK_EVERY)]
     pub check_every: u64,
     /// Data segments in flight at most (sent, not yet received), over all flows: keeps a
     /// max-rate run at the forwarder's capacity instead of overflowing rings (0: no limit,
     /// the overload scenario).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = INFLIGHT)]
     pub inflight: u64,
+}
+
+/// Default of `--check-every`.
+const CHECK_EVERY: u64 = 64;
+/// Default of `--inflight`.
+const INFLIGHT: u64 = 512;
+
+impl TcpOptions {
+    /// `flows` flows of `sizes` frames as fast as the forwarder takes them, with the defaults.
+    fn max_rate(flows: u32, sizes: &str) -> TcpOptions {
+        TcpOptions {
+            flows,
+            sizes: sizes.to_owned(),
+            rate: 0,
+            check_every: CHECK_EVERY,
+            inflight: INFLIGHT,
+        }
+    }
+
+    /// The same options on the generator process's command line.
+    fn gen_args(&self) -> Vec<String> {
+        [
+            ("--flows", self.flows.to_string()),
+            ("--sizes", self.sizes.clone()),
+            ("--rate", self.rate.to_string()),
+            ("--check-every", self.check_every.to_string()),
+            ("--inflight", self.inflight.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect()
+    }
+}
+
+/// Arguments of `tcp`.
+#[derive(Debug, Args)]
+pub struct TcpArgs {
+    #[command(flatten)]
+    pub tcp: TcpOptions,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 4.0)]
+    pub duration: f64,
     /// The proxy's profile.
     #[arg(long, default_value_os_t = proxy_config())]
     pub proxy_config: std::path::PathBuf,
@@ -396,21 +458,11 @@ pub struct TcpArgs {
 /// One stateful run; fails when flows did not complete their handshakes or a check failed.
 pub fn tcp(a: &TcpArgs) -> Res<()> {
     let dir = harness::work_dir(&a.harness.dir)?;
-    let (t, stats) = tcp_run(
-        &dir,
-        &a.proxy_config,
-        a.flows,
-        &a.sizes,
-        a.rate,
-        a.duration,
-        a.check_every,
-        a.inflight,
-        a.harness.no_huge,
-    )?;
+    let (t, stats) = tcp_run(&dir, &a.proxy_config, &a.tcp, a.duration, a.harness.no_huge)?;
     if a.json {
         println!("REPORT {}", serde_json::to_string(&t).unwrap_or_default());
     }
-    let (table, engine, _) = bytes_per_flow(&stats, a.flows);
+    let (table, engine) = bytes_per_flow(&stats, a.tcp.flows);
     let w = &t.window;
     println!(
         "flows: {} of {} established in {:.3} s ({:.0} handshakes/s)",
@@ -499,36 +551,22 @@ fn proxy_config() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/bench-proxy-memif.toml")
 }
 
-/// One stateful run through the proxy.
-#[allow(clippy::too_many_arguments)]
+/// One stateful run through the proxy; its report and the proxy's final counters.
 pub fn tcp_run(
     dir: &std::path::Path,
     config: &std::path::Path,
-    flows: u32,
-    sizes: &str,
-    rate: u64,
+    o: &TcpOptions,
     duration: f64,
-    check_every: u64,
-    inflight: u64,
     no_huge: bool,
 ) -> Res<(TcpReport, serde_json::Value)> {
     let mut gen_args = vec![
         "--mode".to_owned(),
         "tcp".to_owned(),
-        "--flows".to_owned(),
-        flows.to_string(),
-        "--sizes".to_owned(),
-        sizes.to_owned(),
-        "--rate".to_owned(),
-        rate.to_string(),
         "--duration".to_owned(),
         duration.to_string(),
-        "--check-every".to_owned(),
-        check_every.to_string(),
-        "--inflight".to_owned(),
-        inflight.to_string(),
         "--progress".to_owned(),
     ];
+    gen_args.extend(o.gen_args());
     if no_huge {
         gen_args.push("--no-huge".to_owned());
     }
@@ -559,7 +597,9 @@ fn fwd_mpps(t: &TcpReport) -> f64 {
     (t.window.data_received + t.window.acks_received) as f64 / t.seconds / 1e6
 }
 
-fn bytes_per_flow(stats: &serde_json::Value, flows: u32) -> (f64, f64, u64) {
+/// Bytes per flow from the proxy's counters: the table's (for its capacity) and the engine's
+/// (per live flow).
+fn bytes_per_flow(stats: &serde_json::Value, flows: u32) -> (f64, f64) {
     let p = &stats["proxy"][0];
     let table = p["flow_table_bytes"].as_f64().unwrap_or(f64::NAN);
     let cap = p["flow_capacity"].as_f64().unwrap_or(f64::NAN);
@@ -568,11 +608,7 @@ fn bytes_per_flow(stats: &serde_json::Value, flows: u32) -> (f64, f64, u64) {
         .as_f64()
         .unwrap_or(f64::from(flows))
         .max(1.0);
-    (
-        table / cap,
-        engines / active,
-        stats["mempool_peak"].as_u64().unwrap_or(0),
-    )
+    (table / cap, engines / active)
 }
 
 /// The side-by-side benchmark: stateless forwarding (testpmd io and 5tswap) against the
@@ -609,12 +645,8 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
         let (t, s) = tcp_run(
             &dir,
             &a.proxy_config,
-            1000,
-            "64",
-            0,
+            &TcpOptions::max_rate(1000, "64"),
             a.duration,
-            64,
-            512,
             nh,
         )?;
         let m = fwd_mpps(&t);
@@ -665,12 +697,8 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
         let (t, _) = tcp_run(
             &dir,
             &a.proxy_config,
-            1000,
-            size,
-            0,
+            &TcpOptions::max_rate(1000, size),
             a.duration,
-            64,
-            512,
             nh,
         )?;
         let m = fwd_mpps(&t);
@@ -694,9 +722,15 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
     // (3) Rate vs flow-table size, set-up rate, memory per flow (64 B).
     let mut curve = Vec::new();
     for &n in &a.flows {
-        let (t, s) = tcp_run(&dir, &a.proxy_config, n, "64", 0, a.duration, 64, 512, nh)?;
+        let (t, s) = tcp_run(
+            &dir,
+            &a.proxy_config,
+            &TcpOptions::max_rate(n, "64"),
+            a.duration,
+            nh,
+        )?;
         let m = fwd_mpps(&t);
-        let (table, engine, _) = bytes_per_flow(&s, n);
+        let (table, engine) = bytes_per_flow(&s, n);
         curve.push((n, m));
         rows.push(Row { scenario: "rate vs flows".into(), forwarder: "tsmp-proxy", frame: "64".into(), flows: u64::from(n), mpps: m, gbps: gb(m, 64.0), extra: format!("set-up {:.2} M/s ({} of {n} in {:.2} s); {:.0} B/flow table + {:.0} B engine; lost {}", t.setup_rate / 1e6, t.established, t.setup_seconds, table, engine, t.lost) });
     }

@@ -361,7 +361,7 @@ impl TcpGen {
         let m = match classify(f) {
             Ok(Frame::Tcp(m)) => m,
             Ok(Frame::Arp) => {
-                self.learn_arp(f, true);
+                self.learn_proxy_a(f);
                 return Reply::None;
             }
             _ => {
@@ -537,18 +537,14 @@ impl TcpGen {
         }
     }
 
-    fn learn_arp(&mut self, f: &[u8], side_a: bool) {
-        if f.len() < 42 || f[20..22] != [0, 2] {
+    /// ARP on A: the proxy's reply to our request names its MAC.
+    fn learn_proxy_a(&mut self, f: &[u8]) {
+        if f.len() < 42 || f[20..22] != [0, 2] || f[28..32] != PROXY_A {
             return;
         }
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&f[22..28]);
-        let spa = [f[28], f[29], f[30], f[31]];
-        if side_a && spa == PROXY_A {
-            self.proxy_a = Some(mac);
-        } else if !side_a && spa == PROXY_B {
-            self.proxy_b = Some(mac);
-        }
+        self.proxy_a = Some(mac);
     }
 
     /// ARP on B: replies for the backend's address (the proxy asks for it), learns the proxy's.
@@ -601,6 +597,32 @@ mod tests {
         assert_eq!(flow_of_client([198, 18, 0, 1], 5000), None);
     }
 
+    /// The segment in `f` again, with the addresses `ep` gives it (sequence numbers, flags,
+    /// window and payload kept), in a buffer with room like an mbuf's (replies may be longer
+    /// than the frame).
+    fn relay(f: &mut Vec<u8>, ep: impl FnOnce(&tsmp::wire::TcpMeta) -> Endpoints) {
+        let Ok(Frame::Tcp(m)) = classify(f) else {
+            panic!("not TCP");
+        };
+        let fl = TcpFields {
+            seq: m.seq,
+            ack: m.ack,
+            flags: m.flags.0,
+            window: m.window,
+            ..TcpFields::default()
+        };
+        let mut out = vec![0u8; 1600];
+        let n = write_tcp_frame(
+            &mut out,
+            &ep(&m),
+            &fl,
+            &[&f[m.payload..m.payload + m.payload_len]],
+        )
+        .unwrap();
+        out.truncate(n.max(128));
+        *f = out;
+    }
+
     /// Both ends against each other with a forwarder that only swaps MACs (what a splice does to
     /// a flow before any migration: addresses rewritten, sequence numbers not).
     #[test]
@@ -617,69 +639,27 @@ mod tests {
         let snat = [198, 19, 0, 100];
         // Full NAT by hand: client leg <-> server leg.
         let to_server = |f: &mut Vec<u8>| {
-            let m = match classify(f).unwrap() {
-                Frame::Tcp(m) => m,
-                _ => panic!(),
-            };
-            let ep = Endpoints {
+            relay(f, |m| Endpoints {
                 src_mac: [2, 0, 0, 0, 1, 0xb],
                 dst_mac: [2, 0, 0, 0, 0, 0xb],
                 src: snat,
                 dst: BACKEND,
                 sport: 40_000 + m.sport,
                 dport: BACKEND_PORT,
-            };
-            let fl = TcpFields {
-                seq: m.seq,
-                ack: m.ack,
-                flags: m.flags.0,
-                window: m.window,
-                ..TcpFields::default()
-            };
-            let mut out = vec![0u8; 1600];
-            let n = write_tcp_frame(
-                &mut out,
-                &ep,
-                &fl,
-                &[&f[m.payload..m.payload + m.payload_len]],
-            )
-            .unwrap();
-            // A buffer with room, like an mbuf: replies may be longer than the frame.
-            out.truncate(n.max(128));
-            *f = out;
+            })
         };
         let to_client = |f: &mut Vec<u8>| {
-            let m = match classify(f).unwrap() {
-                Frame::Tcp(m) => m,
-                _ => panic!(),
-            };
-            let (ip, port) = client_of(u32::from(m.dport - 40_000 - PORT_BASE as u16));
-            let ep = Endpoints {
-                src_mac: [2, 0, 0, 0, 1, 0xa],
-                dst_mac: [2, 0, 0, 0, 0, 0xa],
-                src: VIP,
-                dst: ip,
-                sport: VIP_PORT,
-                dport: port,
-            };
-            let fl = TcpFields {
-                seq: m.seq,
-                ack: m.ack,
-                flags: m.flags.0,
-                window: m.window,
-                ..TcpFields::default()
-            };
-            let mut out = vec![0u8; 1600];
-            let n = write_tcp_frame(
-                &mut out,
-                &ep,
-                &fl,
-                &[&f[m.payload..m.payload + m.payload_len]],
-            )
-            .unwrap();
-            // A buffer with room, like an mbuf: replies may be longer than the frame.
-            out.truncate(n.max(128));
-            *f = out;
+            relay(f, |m| {
+                let (ip, port) = client_of(u32::from(m.dport - 40_000 - PORT_BASE as u16));
+                Endpoints {
+                    src_mac: [2, 0, 0, 0, 1, 0xa],
+                    dst_mac: [2, 0, 0, 0, 0, 0xa],
+                    src: VIP,
+                    dst: ip,
+                    sport: VIP_PORT,
+                    dport: port,
+                }
+            })
         };
         let mut lat = Vec::new();
         for _ in 0..3 {

@@ -34,17 +34,36 @@ pub fn run(cmd: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd} {args:?}: {e}"))
 }
 
+/// A command's stdout followed by its stderr, for assertions and failure messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Runs a command that must succeed.
 #[track_caller]
 pub fn must(cmd: &str, args: &[&str]) -> String {
     let o = run(cmd, args);
     assert!(
         o.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+        "{cmd} {args:?} failed: {}",
+        output_text(&o)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs `tsmp-pktgen ARGS --dir DIR`: whether it succeeded, and its output.
+pub fn pktgen(args: &[&str], dir: &Path) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_tsmp-pktgen"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run tsmp-pktgen");
+    (o.status.success(), output_text(&o))
 }
 
 /// A network namespace, deleted on drop (with the veth ends inside it).
