@@ -220,14 +220,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         .collect();
     let macs: Vec<[u8; 6]> = ports.iter().map(|p| p.info().mac).collect();
     let port_ids: Vec<dpdk::PortId> = ports.iter().map(Port::id).collect();
-    let hasher = std::collections::hash_map::RandomState::new();
+    let hasher = crate::proxy::FlowHasher::random();
     let commands: CommandRings = (0..nw)
         .map(|_| Arc::new(crossbeam_queue::ArrayQueue::new(64)))
         .collect();
     let events: EventRing = Arc::new(crossbeam_queue::ArrayQueue::new(4096));
     let workers = Workers::new(
         commands.clone(),
-        hasher.clone(),
+        hasher,
         (cfg.migration.port_min, cfg.migration.port_max),
     );
     let agent_counters = Arc::new(AgentCounters::default());
@@ -326,8 +326,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                 for a in &assignments[i] {
                     rx.push((ports[a.port].rx_queue(a.queue)?, a.port));
                 }
-                let mut core = ProxyCore::new(cfg, i, nw, &macs, hasher.clone(), 0)
-                    .map_err(AppError::Proxy)?;
+                let mut core =
+                    ProxyCore::new(cfg, i, nw, &macs, hasher, 0, Some(dpdk::advise_hugepages))
+                        .map_err(AppError::Proxy)?;
                 if let Some((xp, mac, kmac)) = exception {
                     core.set_exception(xp, mac, kmac);
                     if i == 0 {

@@ -33,7 +33,6 @@
 //! (`[control] migration_history`).
 #![forbid(unsafe_code)]
 
-use std::collections::hash_map::RandomState;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
@@ -413,13 +412,17 @@ pub struct MigrateRequest {
 #[derive(Debug, Clone)]
 pub struct Workers {
     rings: CommandRings,
-    hasher: RandomState,
+    hasher: crate::proxy::FlowHasher,
     migration_ports: (u16, u16),
 }
 
 impl Workers {
     /// The workers behind `rings` (hashing flows with `hasher`), migration ports `lo..=hi`.
-    pub fn new(rings: CommandRings, hasher: RandomState, migration_ports: (u16, u16)) -> Self {
+    pub fn new(
+        rings: CommandRings,
+        hasher: crate::proxy::FlowHasher,
+        migration_ports: (u16, u16),
+    ) -> Self {
         Workers {
             rings,
             hasher,

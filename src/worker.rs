@@ -149,6 +149,23 @@ pub struct ProxyWorker<'p> {
 }
 
 impl ProxyWorker<'_> {
+    /// Overlaps the burst's table misses: every frame's index bucket, then every flow entry
+    /// and migration engine, before the first frame is processed.
+    #[inline(always)]
+    fn prefetch_flows(&self, burst: &Burst) {
+        let mut keys = [None; Burst::CAP];
+        for (k, m) in keys.iter_mut().zip(burst.iter()) {
+            *k = self.core.prefetch_index(m.data());
+        }
+        for k in &keys[..burst.len()] {
+            if let Some(slot) = self.core.prefetch_flow(*k) {
+                if let Some(Some(e)) = self.engines.get(slot as usize) {
+                    dpdk_sys::prefetch0(std::ptr::from_ref(&**e).cast());
+                }
+            }
+        }
+    }
+
     #[inline(always)]
     fn handle(&mut self, mut m: Mbuf, port: usize, s: &mut WorkerSnapshot, x: &mut ProxyExtra) {
         let v = self.core.process(port, m.data_mut());
@@ -464,6 +481,7 @@ impl ProxyWorker<'_> {
                 for j in 0..n {
                     burst.prefetch(j);
                 }
+                self.prefetch_flows(&burst);
                 for m in burst.drain() {
                     s.rx_bytes += u64::from(m.pkt_len());
                     self.handle(m, port, &mut s, &mut x);

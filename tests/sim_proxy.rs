@@ -8,8 +8,8 @@ mod sim;
 use sim::{stream_byte, Host, Link, Rng};
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::IpAddress;
-use std::collections::hash_map::RandomState;
 use tsmp::config::Config;
+use tsmp::proxy::FlowHasher;
 use tsmp::proxy::{ProxyCore, Verdict};
 
 const PORT_MACS: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 0xa0], [2, 0, 0, 0, 0, 0xa1]];
@@ -40,7 +40,7 @@ struct Outcome {
 /// Runs one download of `total` bytes; `links` are (client side, server side).
 fn download(seed: u64, client_link: Link, server_link: Link, total: u64) -> Outcome {
     let cfg = Config::from_toml(include_str!("../dpdk-config/default.toml"), "default").unwrap();
-    let mut core = ProxyCore::new(&cfg, 0, 1, &PORT_MACS, RandomState::new(), 0).unwrap();
+    let mut core = ProxyCore::new(&cfg, 0, 1, &PORT_MACS, FlowHasher::random(), 0, None).unwrap();
     core.learn(u32::from_be_bytes([198, 19, 0, 2]), HOST_MACS[1]);
     let _ = core.take_arp_requests().count();
     let mut rng = Rng::new(seed);

@@ -9,8 +9,8 @@
 //! flow setup rate of the fill as a by-product. Machines here are shared: read the ratios.
 #![forbid(unsafe_code)]
 
-use std::collections::hash_map::RandomState;
 use std::time::Instant;
+use tsmp::proxy::FlowHasher;
 
 use clap::Parser;
 use tsmp::config::Config;
@@ -85,7 +85,7 @@ fn main() -> Result<(), String> {
             &format!("addresses = [{}]", snat.join(", ")),
         );
     let cfg = Config::from_toml(&text, "flowlist").map_err(|e| e.to_string())?;
-    let mut core = ProxyCore::new(&cfg, 0, 1, &PORT_MACS, RandomState::new(), 0)?;
+    let mut core = ProxyCore::new(&cfg, 0, 1, &PORT_MACS, FlowHasher::random(), 0, None)?;
     let engines: Vec<Option<Box<Engine<Vec<u8>>>>> = Vec::new();
 
     let len = tcp_frame_len(

@@ -27,3 +27,17 @@ include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 pub unsafe fn rte_pktmbuf_mtod(m: *const rte_mbuf) -> *mut u8 {
     ((*m).buf_addr as *mut u8).add((*m).data_off as usize)
 }
+
+/// `rte_prefetch0`: asks the CPU to bring the cache line at `p` into all cache levels. A hint
+/// only: it never faults, whatever `p` is, so it is safe to call with any address.
+#[inline(always)]
+pub fn prefetch0(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is part of SSE, which every x86_64 CPU has; a prefetch does not
+    // dereference `p` architecturally (no fault, no read visible to the program).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

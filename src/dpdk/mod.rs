@@ -403,6 +403,35 @@ pub fn rdtsc() -> u64 {
     unsafe { sys::rte_rdtsc() }
 }
 
+/// Asks the kernel to back the 2 MiB-aligned part of `[addr, addr + len)` with transparent huge
+/// pages (`madvise(MADV_HUGEPAGE)`); used for the flow tables, whose random accesses would
+/// otherwise miss the TLB on every packet. The region should not be touched yet (pages faulted
+/// in afterwards come huge). A hint: when the kernel refuses (THP disabled), nothing changes and
+/// the refusal is logged once.
+pub fn advise_hugepages(addr: usize, len: usize) {
+    const HUGE: usize = 2 << 20;
+    let start = addr.next_multiple_of(HUGE);
+    let end = (addr + len) & !(HUGE - 1);
+    if end <= start {
+        return;
+    }
+    let Some(p) = NonNull::new(start as *mut c_void) else {
+        return;
+    };
+    // SAFETY: MADV_HUGEPAGE changes only how the kernel backs the pages of the range, never
+    // their contents or the mapping's protection; on a range that is not a private anonymous
+    // mapping the kernel returns an error, which is reported, not acted on.
+    let r = unsafe {
+        nix::sys::mman::madvise(p, end - start, nix::sys::mman::MmapAdvise::MADV_HUGEPAGE)
+    };
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Err(e) = r {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            eprintln!("tsmp: flow tables stay on 4 KiB pages (madvise(MADV_HUGEPAGE): {e}); check /sys/kernel/mm/transparent_hugepage/enabled");
+        }
+    }
+}
+
 /// A pool of packet buffers. Freed on drop; borrowed by everything that allocates from it.
 #[derive(Debug)]
 pub struct Mempool<'eal> {
@@ -715,9 +744,16 @@ impl Burst {
     #[inline(always)]
     pub fn prefetch(&self, i: usize) {
         if i < self.len {
-            // SAFETY: pkts[..len] are valid mbufs we own; prefetch has no side effects.
-            unsafe { sys::rte_prefetch0(sys::rte_pktmbuf_mtod(self.pkts[i]).cast::<c_void>()) }
+            // SAFETY: pkts[..len] are valid mbufs we own (reading buf_addr/data_off is sound).
+            sys::prefetch0(unsafe { sys::rte_pktmbuf_mtod(self.pkts[i]) });
         }
+    }
+
+    /// The mbufs.
+    #[inline(always)]
+    pub fn iter(&self) -> impl Iterator<Item = &Mbuf> + '_ {
+        // SAFETY: as in `iter_mut`, shared.
+        unsafe { std::slice::from_raw_parts(self.pkts.as_ptr().cast::<Mbuf>(), self.len) }.iter()
     }
 
     /// The mbufs, mutably (to fill freshly allocated ones).

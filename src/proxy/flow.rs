@@ -1,20 +1,20 @@
-//! The flow table of one worker: a slab of compact [`Flow`] entries, two keyed-hash index entries
-//! per flow (one per direction), and an intrusive timing wheel for idle timeouts.
+//! The flow table of one worker: a slab of compact [`Flow`] entries, two index entries per flow
+//! (one per direction, see [`super::index`]), and an intrusive timing wheel for idle timeouts.
 //!
 //! Invariants:
-//! - capacity is fixed at construction (slab, index and wheel are pre-allocated): inserting into
-//!   a full table fails and is counted by the caller; nothing allocates afterwards;
-//! - a live flow is in the index under exactly its two keys and in exactly one wheel slot;
-//! - the hash is keyed (SipHash with a per-process random key): tuples are chosen by peers.
+//! - capacity is fixed at construction (slab, index and wheel are pre-allocated and written, so
+//!   resident; the platform may back them with huge pages): inserting into a full table fails
+//!   and is counted by the caller; nothing allocates afterwards;
+//! - a live flow is in the index under exactly its two keys and in exactly one wheel slot; an
+//!   index value is the flow's slot shifted left by one, the low bit telling which of its keys
+//!   (0: client side, 1: server side);
+//! - the hash is keyed with per-process random seeds: tuples are chosen by peers.
 
-use std::collections::hash_map::RandomState;
-
-use hashbrown::HashMap;
-
+use super::index::{prefaulted, Advise, FlowHasher, FlowIndex};
 use crate::wire::SeqNumber;
 
 /// A directional 4-tuple as it appears in a packet (source first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Key {
     /// Source address.
     pub src: u32,
@@ -146,27 +146,42 @@ pub struct FlowTable {
     flows: Vec<Flow>,
     live: Vec<bool>,
     free: Vec<u32>,
-    index: HashMap<Key, u32, RandomState>,
+    index: FlowIndex,
+    hasher: FlowHasher,
     wheel: Vec<u32>,
     wheel_tick: u32,
     capacity: u32,
+    index_full: u64,
 }
 
 impl FlowTable {
     /// A table for `capacity` flows; `hasher` must be shared by all workers (owner selection).
-    pub fn new(capacity: u32, hasher: RandomState) -> FlowTable {
+    pub fn new(capacity: u32, hasher: FlowHasher) -> FlowTable {
+        FlowTable::with_advice(capacity, hasher, None)
+    }
+
+    /// [`FlowTable::new`], offering the slab and the index to `advise` before they are touched
+    /// (the data plane asks for huge pages there).
+    pub fn with_advice(capacity: u32, hasher: FlowHasher, advise: Option<Advise>) -> FlowTable {
         let cap = capacity as usize;
-        let mut index = HashMap::with_hasher(hasher);
-        index.reserve(cap * 2);
+        let blank = Flow::new((0, 0), (0, 0), (0, 0), (0, 0), [0; 6], 0);
         FlowTable {
-            flows: Vec::with_capacity(cap),
-            live: Vec::with_capacity(cap),
+            flows: prefaulted(cap, blank, advise),
+            live: vec![false; cap],
             free: (0..capacity).rev().collect(),
-            index,
+            index: FlowIndex::new(cap * 2, advise),
+            hasher,
             wheel: vec![NIL; SLOTS],
             wheel_tick: 0,
             capacity,
+            index_full: 0,
         }
+    }
+
+    /// SYNs refused because the index had no room for a key although the slab had (see
+    /// [`super::index`]: expected to stay 0).
+    pub fn index_full(&self) -> u64 {
+        self.index_full
     }
 
     /// Live flows.
@@ -190,7 +205,7 @@ impl FlowTable {
         self.flows.capacity() * std::mem::size_of::<Flow>()
             + self.live.capacity()
             + self.free.capacity() * std::mem::size_of::<u32>()
-            + self.index.allocation_size()
+            + self.index.memory_bytes()
             + self.wheel.capacity() * std::mem::size_of::<u32>()
     }
 
@@ -207,7 +222,37 @@ impl FlowTable {
     /// The flow indexed by `k`.
     #[inline]
     pub fn lookup(&self, k: &Key) -> Option<u32> {
-        self.index.get(k).copied()
+        self.lookup_hashed(k, self.hasher.key(k))
+    }
+
+    /// The flow indexed by `k`, whose hash `h` the caller computed already.
+    #[inline]
+    pub fn lookup_hashed(&self, k: &Key, h: u64) -> Option<u32> {
+        self.index.find(h, |v| self.key_of(v) == *k).map(|v| v >> 1)
+    }
+
+    /// Brings the index bucket of hash `h` toward the cache (a burst's lookups overlap).
+    #[inline(always)]
+    pub fn prefetch_bucket(&self, h: u64) {
+        super::prefetch(self.index.bucket_addr(h));
+    }
+
+    /// Brings flow `idx`'s entry toward the cache.
+    #[inline(always)]
+    pub fn prefetch_flow(&self, idx: u32) {
+        if let Some(f) = self.flows.get(idx as usize) {
+            super::prefetch(std::ptr::from_ref(f).cast());
+        }
+    }
+
+    #[inline(always)]
+    fn key_of(&self, v: u32) -> Key {
+        let f = &self.flows[(v >> 1) as usize];
+        if v & 1 == 0 {
+            client_key(f)
+        } else {
+            server_key(f)
+        }
     }
 
     /// Moves the client side of flow `idx` to another device: `client` and `vip` change, and
@@ -222,11 +267,20 @@ impl FlowTable {
         f.client = client;
         f.vip = vip;
         let new = client_key(&f);
-        if self.index.get(&new).is_some_and(|&i| i != idx) {
+        if self.lookup(&new).is_some_and(|i| i != idx) {
             return false;
         }
-        self.index.remove(&old);
-        self.index.insert(new, idx);
+        if new == old {
+            self.flows[idx as usize] = f;
+            return true;
+        }
+        self.index.remove(self.hasher.key(&old), idx << 1);
+        if !self.index.insert(self.hasher.key(&new), idx << 1) {
+            // No room under the new key: keep the flow where it was.
+            self.index_full += 1;
+            self.index.insert(self.hasher.key(&old), idx << 1);
+            return false;
+        }
         self.flows[idx as usize] = f;
         true
     }
@@ -250,20 +304,27 @@ impl FlowTable {
 
     /// Inserts a flow under its two keys and schedules it. `None` when full.
     pub fn insert(&mut self, mut f: Flow, now: u32) -> Option<u32> {
-        let idx = self.free.pop()?;
+        let idx = *self.free.last()?;
+        let (hc, hs) = (
+            self.hasher.key(&client_key(&f)),
+            self.hasher.key(&server_key(&f)),
+        );
+        if !self.index.insert(hc, idx << 1) {
+            self.index_full += 1;
+            return None;
+        }
+        if !self.index.insert(hs, (idx << 1) | 1) {
+            self.index.remove(hc, idx << 1);
+            self.index_full += 1;
+            return None;
+        }
+        self.free.pop();
         f.next = NIL;
         f.prev = NIL;
         f.created = now;
         let i = idx as usize;
-        if i == self.flows.len() {
-            self.flows.push(f);
-            self.live.push(true);
-        } else {
-            self.flows[i] = f;
-            self.live[i] = true;
-        }
-        self.index.insert(client_key(&f), idx);
-        self.index.insert(server_key(&f), idx);
+        self.flows[i] = f;
+        self.live[i] = true;
         self.link(idx);
         Some(idx)
     }
@@ -278,8 +339,10 @@ impl FlowTable {
         }
         self.unlink(idx);
         let f = self.flows[idx as usize];
-        self.index.remove(&client_key(&f));
-        self.index.remove(&server_key(&f));
+        self.index
+            .remove(self.hasher.key(&client_key(&f)), idx << 1);
+        self.index
+            .remove(self.hasher.key(&server_key(&f)), (idx << 1) | 1);
         self.live[idx as usize] = false;
         self.free.push(idx);
         f
@@ -376,8 +439,8 @@ impl FlowTable {
     }
 
     /// The hasher (shared by all workers for owner selection).
-    pub fn hasher(&self) -> &RandomState {
-        self.index.hasher()
+    pub fn hasher(&self) -> &FlowHasher {
+        &self.hasher
     }
 }
 

@@ -21,10 +21,9 @@
 #![forbid(unsafe_code)]
 
 pub mod flow;
+pub mod index;
 
-use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
 
 use hashbrown::HashMap;
 
@@ -34,6 +33,7 @@ use crate::wire::{
     self, checksum, DropReason, Frame, SeqNumber, TcpFlags, TcpMeta, TcpSegmentMut, ETH_LEN,
 };
 use flow::{fin, Flow, FlowTable, Key, LegOptions, TcpState, TICK_MS};
+pub use index::FlowHasher;
 
 /// Why a frame was dropped. Each cause has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,9 +208,9 @@ pub struct ProxyCore {
     jitter_ticks: u32,
     /// The flow table.
     pub flows: FlowTable,
-    neighbours: HashMap<u32, Neighbour, RandomState>,
+    neighbours: HashMap<u32, Neighbour, FlowHasher>,
     max_neighbours: usize,
-    arp_sent: HashMap<u32, u64, RandomState>,
+    arp_sent: HashMap<u32, u64, FlowHasher>,
     last_sweep_ms: u64,
     arp_out: Vec<(usize, u32)>,
     learned: Vec<(u32, [u8; 6])>,
@@ -225,13 +225,13 @@ pub struct ProxyCore {
     /// The configured migration port range.
     mport_range: (u16, u16),
     /// Reserved migration ports -> (flow slot, device generation).
-    mports: HashMap<u16, (u32, u32, Option<u32>), RandomState>,
+    mports: HashMap<u16, (u32, u32, Option<u32>), FlowHasher>,
     /// Client-side keys of devices other than a flow's current one -> (slot, generation).
-    legs: HashMap<Key, (u32, u32), RandomState>,
+    legs: HashMap<Key, (u32, u32), FlowHasher>,
     /// Addresses of devices by (slot, generation), for the segments the engine originates.
-    devices: HashMap<(u32, u32), DeviceAddr, RandomState>,
+    devices: HashMap<(u32, u32), DeviceAddr, FlowHasher>,
     /// The current device generation of migrated flows (absent: 0).
-    current: HashMap<u32, u32, RandomState>,
+    current: HashMap<u32, u32, FlowHasher>,
     /// Counters.
     pub stats: ProxyStats,
 }
@@ -308,12 +308,31 @@ struct Exception {
     kernel_mac: [u8; 6],
 }
 
+/// Brings the cache line at `p` toward the CPU (a hint: never faults, whatever `p` is).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(feature = "dpdk")]
+    dpdk_sys::prefetch0(p);
+    #[cfg(not(feature = "dpdk"))]
+    let _ = p;
+}
+
 /// The worker a client tuple hashes to (the same keyed hash in every worker and the slow path).
-fn owner_by_hash(hasher: &RandomState, workers: usize, k: &Key) -> usize {
+fn owner_by_hash(hasher: &FlowHasher, workers: usize, k: &Key) -> usize {
+    owner_of_hash(hasher.key(k), workers)
+}
+
+/// The worker of a key hash: from its high bits (a multiply-shift range reduction), so that the
+/// flows of one worker still spread over all buckets of its index (which uses the low bits).
+#[inline(always)]
+fn owner_of_hash(h: u64, workers: usize) -> usize {
     if workers <= 1 {
         0
     } else {
-        (hasher.hash_one(k) % workers as u64) as usize
+        // Truncation intended: the product's high half is below `workers`.
+        #[allow(clippy::cast_possible_truncation)]
+        let w = ((u128::from(h) * workers as u128) >> 64) as usize;
+        w
     }
 }
 
@@ -327,7 +346,8 @@ fn ticks(ms: u64) -> u32 {
 
 impl ProxyCore {
     /// Builds worker `worker` of `workers` from a validated proxy-mode configuration. `macs` are
-    /// the ports' MAC addresses; `hasher` is shared by all workers.
+    /// the ports' MAC addresses; `hasher` is shared by all workers; `advise` is offered the flow
+    /// table's big regions before they are touched (see [`index::Advise`]).
     ///
     /// # Errors
     /// The configuration is not a valid proxy-mode configuration.
@@ -336,8 +356,9 @@ impl ProxyCore {
         worker: usize,
         workers: usize,
         macs: &[[u8; 6]],
-        hasher: RandomState,
+        hasher: FlowHasher,
         now_ms: u64,
+        advise: Option<index::Advise>,
     ) -> Result<ProxyCore, String> {
         let d = &cfg.dataplane;
         let side = |name: &Option<String>| -> Result<Side, String> {
@@ -372,11 +393,11 @@ impl ProxyCore {
                 }
             }
         }
-        let mut neighbours = HashMap::with_hasher(hasher.clone());
+        let mut neighbours = HashMap::with_hasher(hasher);
         neighbours.reserve(l.max_neighbours as usize);
-        let mut arp_sent = HashMap::with_hasher(hasher.clone());
+        let mut arp_sent = HashMap::with_hasher(hasher);
         arp_sent.reserve(l.max_neighbours as usize);
-        let mut flows = FlowTable::new(l.max_flows_per_worker, hasher.clone());
+        let mut flows = FlowTable::with_advice(l.max_flows_per_worker, hasher, advise);
         flows.start(ticks(now_ms));
         let t = |s: u32| ticks(u64::from(s) * 1000).max(1);
         let mut core = ProxyCore {
@@ -421,10 +442,10 @@ impl ProxyCore {
                 .filter(|p| usize::from(*p) % workers == worker)
                 .collect(),
             mport_range: (cfg.migration.port_min, cfg.migration.port_max),
-            mports: HashMap::with_hasher(hasher.clone()),
-            legs: HashMap::with_hasher(hasher.clone()),
-            devices: HashMap::with_hasher(hasher.clone()),
-            current: HashMap::with_hasher(hasher.clone()),
+            mports: HashMap::with_hasher(hasher),
+            legs: HashMap::with_hasher(hasher),
+            devices: HashMap::with_hasher(hasher),
+            current: HashMap::with_hasher(hasher),
             stats: ProxyStats::default(),
         };
         // Resolve every backend's next hop at once, so that the first SYN does not wait for ARP.
@@ -453,6 +474,28 @@ impl ProxyCore {
 
     fn now_tick(&self) -> u32 {
         ticks(self.now_ms)
+    }
+
+    /// First stage of a burst: the 4-tuple of a TCP/IPv4 frame and its hash, with the index
+    /// bucket it needs prefetched (`None` for anything else). Call for every frame of a burst,
+    /// then [`ProxyCore::prefetch_flow`] for each, then [`ProxyCore::process`]: the cache misses
+    /// of the burst's lookups overlap instead of stalling one by one.
+    #[inline]
+    pub fn prefetch_index(&self, f: &[u8]) -> Option<(Key, u64)> {
+        let k = wire::tuple_of(f)?;
+        let h = self.flows.hasher().key(&k);
+        self.flows.prefetch_bucket(h);
+        Some((k, h))
+    }
+
+    /// Second stage of a burst: finds the flow of a key (its bucket is in cache by now) and
+    /// prefetches its entry; returns the flow's slot.
+    #[inline]
+    pub fn prefetch_flow(&self, kh: Option<(Key, u64)>) -> Option<u32> {
+        let (k, h) = kh?;
+        let idx = self.flows.lookup_hashed(&k, h)?;
+        self.flows.prefetch_flow(idx);
+        Some(idx)
     }
 
     /// Processes one frame received on port index `port`.
@@ -618,10 +661,11 @@ impl ProxyCore {
                 }
             }
         };
+        let h = self.flows.hasher().key(&k);
         let owner = if migration {
             usize::from(m.dport) % self.workers
         } else {
-            self.owner_of_client(&k)
+            owner_of_hash(h, self.workers)
         };
         if owner != self.worker {
             return Verdict::HandOff(owner);
@@ -663,7 +707,7 @@ impl ProxyCore {
                 }
             }
         }
-        let mut idx = self.flows.lookup(&k);
+        let mut idx = self.flows.lookup_hashed(&k, h);
         if let Some(i) = idx {
             // A new SYN on a closed flow's tuple: the client reuses its port; start afresh.
             if is_syn
@@ -739,10 +783,7 @@ impl ProxyCore {
             }
             self.flows.get_mut(idx).client_opts = o;
         }
-        s.set_src_addr(fl.snat.0.to_be_bytes());
-        s.set_dst_addr(fl.backend.0.to_be_bytes());
-        s.set_src_port(fl.snat.1);
-        s.set_dst_port(fl.backend.1);
+        s.set_tuple(fl.snat.0, fl.backend.0, fl.snat.1, fl.backend.1);
         set_macs(f, mac, self.server.mac);
         if track {
             self.track(idx, true, m);
@@ -791,10 +832,7 @@ impl ProxyCore {
             };
             self.flows.get_mut(idx).server_opts = o;
         }
-        s.set_src_addr(fl.vip.0.to_be_bytes());
-        s.set_dst_addr(fl.client.0.to_be_bytes());
-        s.set_src_port(fl.vip.1);
-        s.set_dst_port(fl.client.1);
+        s.set_tuple(fl.vip.0, fl.client.0, fl.vip.1, fl.client.1);
         set_macs(f, fl.client_mac, self.client.mac);
         self.track(idx, false, m);
         self.hit = Some(FlowHit {
@@ -983,7 +1021,7 @@ impl ProxyCore {
 
     /// The worker that owns the flow of `client` to `vip` (the same hash every worker uses).
     pub fn owner_of(
-        hasher: &RandomState,
+        hasher: &FlowHasher,
         workers: usize,
         client: (u32, u16),
         vip: (u32, u16),

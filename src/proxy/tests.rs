@@ -32,8 +32,9 @@ fn core(max_flows: u32, worker: usize, workers: usize) -> ProxyCore {
         worker,
         workers,
         &PORT_MACS,
-        RandomState::new(),
+        FlowHasher::random(),
         0,
+        None,
     )
     .unwrap()
 }
@@ -413,9 +414,9 @@ fn arp_and_ping_for_the_vip() {
 #[test]
 fn both_directions_map_to_the_owner_worker() {
     let cfg = config(64);
-    let h = RandomState::new();
+    let h = FlowHasher::random();
     let mut w: Vec<ProxyCore> = (0..2)
-        .map(|i| ProxyCore::new(&cfg, i, 2, &PORT_MACS, h.clone(), 0).unwrap())
+        .map(|i| ProxyCore::new(&cfg, i, 2, &PORT_MACS, h, 0, None).unwrap())
         .collect();
     for c in &mut w {
         c.learn(u32::from_be_bytes(BACKEND), SERVER_MAC);
@@ -451,8 +452,15 @@ fn both_directions_map_to_the_owner_worker() {
 #[test]
 fn flow_entry_is_compact() {
     let size = std::mem::size_of::<Flow>();
-    assert!(size <= 128, "Flow is {size} bytes");
     println!("flow entry: {size} bytes");
+    // Everything the table holds per flow (entry, index share, free list, liveness), at the
+    // capacities where the index's power-of-two rounding is kindest and cruellest.
+    for cap in [1u32 << 16, (1 << 16) + 1, 52_429, 52_430, 100_000] {
+        let t = FlowTable::new(cap, FlowHasher::random());
+        let per_flow = (t.memory_bytes() - 4096 * 4) / cap as usize;
+        println!("{cap} flows: {per_flow} bytes per flow");
+        assert!(per_flow <= 128, "{per_flow} bytes per flow at {cap}");
+    }
 }
 
 #[test]

@@ -53,6 +53,25 @@ pub fn update32(hc: u16, old: u32, new: u32) -> u16 {
     finish(acc)
 }
 
+/// The one's-complement delta of a 32-bit value changing from `old` to `new`, to sum with other
+/// deltas and apply once with [`apply_delta`].
+#[inline(always)]
+#[must_use]
+pub fn delta32(old: u32, new: u32) -> u32 {
+    u32::from(!((old >> 16) as u16))
+        + u32::from(!(old as u16))
+        + u32::from((new >> 16) as u16)
+        + u32::from(new as u16)
+}
+
+/// The checksum field `hc` after the changes summed in `delta` (at most 2^16 terms).
+#[inline(always)]
+#[must_use]
+pub fn apply_delta(hc: u16, delta: u32) -> u16 {
+    let acc = (delta & 0xffff) + (delta >> 16) + u32::from(!hc);
+    finish(acc)
+}
+
 /// The checksum field after the bytes at an even offset changed from `old` to `new` (same length,
 /// even length).
 #[inline]

@@ -138,14 +138,26 @@ impl<'a> TcpSegmentMut<'a> {
     /// Writes `new` at `at` (anywhere in the TCP segment) and updates the TCP checksum over the
     /// even-aligned (relative to the TCP header) window that contains the change.
     fn write_tcp(&mut self, at: usize, new: &[u8]) {
+        if self.f[at..at + new.len()] == *new {
+            // Unchanged (an identity translation): nothing to write or to fold in.
+            return;
+        }
         let rel = at - self.l4;
+        let c = self.tcp_csum_at();
+        if rel % 2 == 0 && new.len() % 2 == 0 {
+            // Aligned words: fold old and new straight into the checksum.
+            let hc = u16::from_be_bytes([self.f[c], self.f[c + 1]]);
+            let nc = checksum::update_bytes(hc, &self.f[at..at + new.len()], new);
+            self.f[at..at + new.len()].copy_from_slice(new);
+            self.f[c..c + 2].copy_from_slice(&nc.to_be_bytes());
+            return;
+        }
         let start = self.l4 + (rel & !1);
         let end = self.l4 + ((rel + new.len() + 1) & !1);
         let mut old = [0u8; 48];
         let w = end - start;
         old[..w].copy_from_slice(&self.f[start..end]);
         self.f[at..at + new.len()].copy_from_slice(new);
-        let c = self.tcp_csum_at();
         let hc = u16::from_be_bytes([self.f[c], self.f[c + 1]]);
         let nc = checksum::update_bytes(hc, &old[..w], &self.f[start..end]);
         self.f[c..c + 2].copy_from_slice(&nc.to_be_bytes());
@@ -162,6 +174,29 @@ impl<'a> TcpSegmentMut<'a> {
         let c = self.tcp_csum_at();
         let hc = u16::from_be_bytes([self.f[c], self.f[c + 1]]);
         self.f[c..c + 2].copy_from_slice(&checksum::update32(hc, old, newv).to_be_bytes());
+    }
+
+    /// Rewrites the 4-tuple (addresses and ports) with one incremental update of each checksum
+    /// (the NAT's per-packet rewrite; equivalent to the four setters).
+    #[inline]
+    pub fn set_tuple(&mut self, src: u32, dst: u32, sport: u16, dport: u16) {
+        let rd32 =
+            |f: &[u8], at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+        let (os, od) = (rd32(self.f, IP + 12), rd32(self.f, IP + 16));
+        let l4 = self.l4;
+        let ports = rd32(self.f, l4);
+        let addrs = checksum::delta32(os, src) + checksum::delta32(od, dst);
+        let tcp = addrs + checksum::delta32(ports, (u32::from(sport) << 16) | u32::from(dport));
+        self.f[IP + 12..IP + 16].copy_from_slice(&src.to_be_bytes());
+        self.f[IP + 16..IP + 20].copy_from_slice(&dst.to_be_bytes());
+        self.f[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+        self.f[l4 + 2..l4 + 4].copy_from_slice(&dport.to_be_bytes());
+        let hc = u16::from_be_bytes([self.f[IP_CSUM], self.f[IP_CSUM + 1]]);
+        self.f[IP_CSUM..IP_CSUM + 2]
+            .copy_from_slice(&checksum::apply_delta(hc, addrs).to_be_bytes());
+        let c = self.tcp_csum_at();
+        let hc = u16::from_be_bytes([self.f[c], self.f[c + 1]]);
+        self.f[c..c + 2].copy_from_slice(&checksum::apply_delta(hc, tcp).to_be_bytes());
     }
 
     /// Sets the source IPv4 address.

@@ -167,7 +167,7 @@ fn incremental_checksums_equal_full_recomputation() {
         );
         let mut s = TcpSegmentMut::new(&mut f, &meta).expect("segment view");
         for _ in 0..1 + r.below(6) {
-            match r.below(13) {
+            match r.below(14) {
                 0 => s.set_src_addr(r.u32().to_be_bytes()),
                 1 => s.set_dst_addr(r.u32().to_be_bytes()),
                 2 => s.set_src_port(r.u16()),
@@ -204,6 +204,7 @@ fn incremental_checksums_equal_full_recomputation() {
                     s.strip_timestamps();
                     assert_eq!(s.timestamps(), None);
                 }
+                12 => s.set_tuple(r.u32(), r.u32(), r.u16(), r.u16()),
                 _ => s.set_flags((r.u16() & 0xff) as u8),
             }
         }
