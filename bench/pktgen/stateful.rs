@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tsmp::dpdk::{rdtsc, tsc_hz, Burst, Mempool, Port, RxQueue, TxQueue};
 
 use crate::harness::{self, Forwarder, GenArgs, GenResult, HarnessArgs, Res};
-use crate::tcpgen::{Reply, Sizes, TcpCounters, TcpGen, MAX_FLOWS, PROXY_A, PROXY_B};
+use crate::tcpgen::{self, Reply, Sizes, TcpCounters, TcpGen, MAX_FLOWS, PROXY_A, PROXY_B};
 
 /// What a TCP-mode run reports.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -35,29 +35,108 @@ pub struct TcpReport {
     pub latency_ns: [u64; 5],
     /// Offered data segments per second (what the server side sent) in the window.
     pub offered_pps: f64,
+    /// Migrations injected during the window (`--migrate-percent`).
+    #[serde(default)]
+    pub migrations: MigrationReport,
 }
 
-fn sub(a: &TcpCounters, b: &TcpCounters) -> TcpCounters {
-    TcpCounters {
-        syns: a.syns - b.syns,
-        syns_at_server: a.syns_at_server - b.syns_at_server,
-        established: a.established - b.established,
-        data_sent: a.data_sent - b.data_sent,
-        data_received: a.data_received - b.data_received,
-        data_bytes: a.data_bytes - b.data_bytes,
-        data_wire_bytes: a.data_wire_bytes - b.data_wire_bytes,
-        acks_sent: a.acks_sent - b.acks_sent,
-        acks_received: a.acks_received - b.acks_received,
-        out_of_order: a.out_of_order - b.out_of_order,
-        bad_checksum: a.bad_checksum - b.bad_checksum,
-        unknown: a.unknown - b.unknown,
-        checked: a.checked - b.checked,
-        stamps: a.stamps - b.stamps,
-        resets: a.resets - b.resets,
-        zero_windows: a.zero_windows - b.zero_windows,
-        tx_backpressure: a.tx_backpressure - b.tx_backpressure,
-        arp_replies: a.arp_replies - b.arp_replies,
+/// Migrations injected under load.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// Flows chosen to migrate.
+    pub chosen: u64,
+    /// Requests the proxy accepted (it named a migration port).
+    pub accepted: u64,
+    /// Requests it refused, and the first refusal's text.
+    pub refused: u64,
+    /// The first refusal or socket error.
+    pub first_error: String,
+    /// From the request to the new device's first data segment, us: p50, p90, p99, p99.9, max.
+    pub time_us: [f64; 5],
+    /// The proxy's own pause distribution (`{"migrations": {}}` on its control socket).
+    pub proxy_pause_ms: serde_json::Value,
+    /// Data segments per second received by the flows that were not chosen, in the window.
+    pub others_pps: f64,
+}
+
+/// The operator's side of migrations under load: asks the proxy's control socket to migrate
+/// each flow of `chosen`, evenly spaced over `span`, and hands each migration port to the
+/// generator loop; at the end, reads the proxy's pause distribution.
+fn operator(
+    socket: std::path::PathBuf,
+    chosen: Vec<u32>,
+    delay: Duration,
+    span: Duration,
+    to_loop: std::sync::mpsc::Sender<(u32, u16)>,
+    done: std::sync::mpsc::Receiver<()>,
+) -> MigrationReport {
+    use std::io::{BufRead, BufReader, Write};
+    let mut r = MigrationReport {
+        chosen: chosen.len() as u64,
+        ..MigrationReport::default()
+    };
+    // One request per connection, as the control socket serves them.
+    let ask = |req: serde_json::Value| -> Result<serde_json::Value, String> {
+        let err = |e: std::io::Error| format!("{}: {e}", socket.display());
+        let mut c = std::os::unix::net::UnixStream::connect(&socket).map_err(err)?;
+        writeln!(c, "{req}").map_err(err)?;
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).map_err(err)?;
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+        match v.get("ok") {
+            Some(ok) => Ok(ok.clone()),
+            None => Err(v["error"].as_str().unwrap_or("no answer").to_owned()),
+        }
+    };
+    std::thread::sleep(delay);
+    let t0 = Instant::now();
+    let n = chosen.len().max(1) as u32;
+    for (k, &i) in chosen.iter().enumerate() {
+        let due = span * k as u32 / n;
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let (ip, port) = tcpgen::client_of(i);
+        let req = serde_json::json!({"migrate": {
+            "client": format!("{}:{port}", std::net::Ipv4Addr::from(ip)),
+            "vip": format!("{}:{}", std::net::Ipv4Addr::from(tcpgen::VIP), tcpgen::VIP_PORT),
+        }});
+        match ask(req).map(|ok| ok["migration_port"].as_u64()) {
+            Ok(Some(mport)) => {
+                r.accepted += 1;
+                let _ = to_loop.send((i, u16::try_from(mport).unwrap_or(0)));
+            }
+            Ok(None) => r.refused += 1,
+            Err(e) => {
+                r.refused += 1;
+                if r.first_error.is_empty() {
+                    r.first_error = e;
+                }
+            }
+        }
     }
+    // The last migrations complete while the window runs; the distribution comes at the end.
+    let _ = done.recv();
+    r.proxy_pause_ms = ask(serde_json::json!({"migrations": {}}))
+        .map(|v| v["pause_ms"].clone())
+        .unwrap_or_default();
+    r
+}
+
+
+/// `a - b`, field by field (every counter is a `u64`; through serde so that a new counter
+/// needs no line here).
+fn sub(a: &TcpCounters, b: &TcpCounters) -> TcpCounters {
+    let (Ok(serde_json::Value::Object(mut x)), Ok(serde_json::Value::Object(y))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return TcpCounters::default();
+    };
+    for (k, v) in &mut x {
+        let d = v.as_u64().unwrap_or(0).saturating_sub(y[k].as_u64().unwrap_or(0));
+        *v = d.into();
+    }
+    serde_json::from_value(serde_json::Value::Object(x)).unwrap_or_default()
 }
 
 /// The generator between its two ports: the flows' state, the four queues it serves, and the
@@ -288,6 +367,28 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
     // The last handshake ACKs reach the server side.
     w.settle(Duration::from_millis(200));
 
+    // Migrations: the chosen flows, evenly spread over the flow indices; the operator thread
+    // requests them over the first 80% of the window, the loop plays their new devices.
+    let n_mig = (f64::from(o.flows) * o.migrate_percent / 100.0).round() as u32;
+    let chosen: Vec<u32> = (0..n_mig)
+        .map(|k| (u64::from(k) * u64::from(o.flows) / u64::from(n_mig.max(1))) as u32)
+        .collect();
+    for &i in &chosen {
+        w.g.choose_for_migration(i);
+    }
+    let (to_loop, from_op) = std::sync::mpsc::channel::<(u32, u16)>();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let op = (!chosen.is_empty()).then(|| {
+        let socket = a.dir.join("tsmp.sock");
+        let (delay, span) = (
+            Duration::from_secs_f64(a.warmup),
+            Duration::from_secs_f64(a.duration * 0.8),
+        );
+        std::thread::spawn(move || operator(socket, chosen, delay, span, to_loop, end_rx))
+    });
+    // New devices whose SYN-ACK has not come yet: (flow, migration port, when sent).
+    let mut targets: Vec<(u32, u16, u64)> = Vec::new();
+
     // Data: warm-up, window, drain.
     let start = rdtsc();
     let warm_end = start + harness::secs_to_tsc(a.warmup, hz);
@@ -333,8 +434,26 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
         w.poll(measuring);
         i = i.wrapping_add(1);
         if i % 16 == 0 {
-            w.flush();
             let now = rdtsc();
+            while let Ok((f, mport)) = from_op.try_recv() {
+                w.g.migration_requested(f, now);
+                targets.push((f, mport, 0));
+            }
+            // A new device's SYN, again every 200 ms until its handshake completes.
+            targets.retain(|&(f, _, _)| !w.g.moved(f));
+            for t in &mut targets {
+                if t.2 == 0 || now.wrapping_sub(t.2) > hz / 5 {
+                    t.2 = now;
+                    if let Some(mut m) = pool.alloc() {
+                        m.set_len(60);
+                        if let Some(len) = w.g.target_syn(t.0, t.1, m.data_mut()) {
+                            m.set_len(len);
+                            w.txa.push(m);
+                        }
+                    }
+                }
+            }
+            w.flush();
             if !measuring && now >= warm_end {
                 measuring = true;
                 at_start = w.g.c.clone();
@@ -358,8 +477,23 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
     }
     let (c_end, t_end) = at_end;
     w.settle(Duration::from_millis(300));
+    let _ = end_tx.send(());
     let seconds = (t_end - t_start) as f64 / hz as f64;
     let window = sub(&c_end, &at_start);
+    let mut migrations = match op {
+        Some(h) => h.join().unwrap_or_default(),
+        None => MigrationReport::default(),
+    };
+    let mut mh = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| format!("histogram: {e}"))?;
+    for &c in &w.g.migration_cycles {
+        mh.saturating_record((u128::from(c) * 1_000_000 / u128::from(hz.max(1))) as u64);
+    }
+    if !mh.is_empty() {
+        migrations.time_us = percentiles(&mh).map(|v| v as f64);
+    }
+    migrations.others_pps =
+        (window.data_received - window.data_received_migrating) as f64 / seconds;
     let report = TcpReport {
         flows: o.flows,
         established: w.g.established(),
@@ -371,6 +505,7 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
         latency_ns: percentiles(&w.hist),
         window,
         total: w.g.c.clone(),
+        migrations,
     };
     Ok(GenResult {
         sent: report.window.data_sent,
@@ -403,6 +538,10 @@ pub struct TcpOptions {
     /// the overload scenario).
     #[arg(long, default_value_t = INFLIGHT)]
     pub inflight: u64,
+    /// Percent of the flows to migrate during the measurement window (0..=100), through the
+    /// proxy's control socket, the generator playing each new device.
+    #[arg(long, default_value_t = 0.0)]
+    pub migrate_percent: f64,
 }
 
 /// Default of `--check-every`.
@@ -419,6 +558,7 @@ impl TcpOptions {
             rate: 0,
             check_every: CHECK_EVERY,
             inflight: INFLIGHT,
+            migrate_percent: 0.0,
         }
     }
 
@@ -430,6 +570,7 @@ impl TcpOptions {
             ("--rate", self.rate.to_string()),
             ("--check-every", self.check_every.to_string()),
             ("--inflight", self.inflight.to_string()),
+            ("--migrate-percent", self.migrate_percent.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
@@ -494,6 +635,28 @@ pub fn tcp(a: &TcpArgs) -> Res<()> {
         t.total.out_of_order,
         t.total.resets
     );
+    let mg = &t.migrations;
+    if mg.chosen > 0 {
+        println!(
+            "migrations: {} chosen, {} accepted, {} refused, {} new devices connected, {} received data, {} old devices closed{}",
+            mg.chosen,
+            mg.accepted,
+            mg.refused,
+            t.total.migrations_connected,
+            t.total.migrations_completed,
+            t.total.old_devices_closed,
+            if mg.first_error.is_empty() { String::new() } else { format!(" (first refusal: {})", mg.first_error) }
+        );
+        println!(
+            "migration time (request to the new device's first data): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us; proxy pause_ms {}",
+            mg.time_us[0], mg.time_us[1], mg.time_us[2], mg.time_us[4], mg.proxy_pause_ms
+        );
+        println!(
+            "flows not migrating: {:.3} Mpps received ({:.0} pps per flow)",
+            mg.others_pps / 1e6,
+            mg.others_pps / f64::from(t.flows - u32::try_from(mg.chosen).unwrap_or(0)).max(1.0)
+        );
+    }
     let cpp = stats["workers"][0]["cycles_per_packet"]
         .as_f64()
         .unwrap_or(f64::NAN);
@@ -513,6 +676,13 @@ pub fn tcp(a: &TcpArgs) -> Res<()> {
             "{} of {} flows did not complete their handshake",
             u64::from(t.flows) - t.established,
             t.flows
+        ));
+    }
+    if t.migrations.chosen > 0 && t.total.migrations_completed < t.migrations.chosen {
+        return Err(format!(
+            "{} of {} migrations did not complete (the new device received no data)",
+            t.migrations.chosen - t.total.migrations_completed,
+            t.migrations.chosen
         ));
     }
     if t.total.bad_checksum + t.total.unknown + t.total.resets > 0 {

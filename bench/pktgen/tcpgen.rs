@@ -7,6 +7,11 @@
 //!     ACK  <- SYN-ACK              <- [proxy] <-  SYN-ACK
 //!     ACK (per data segment)       -> [proxy] ->  window/ack update
 //!     data <- (stamped)            <- [proxy] <-  data segments, round robin over the flows
+//!
+//!   migrations (optional): the operator asks the proxy's control socket to migrate flow i; the
+//!   generator then plays the new device 198.18.192.0+i/60000 : 2000+i%60000, which connects to
+//!   the VIP on the migration port the proxy named; the stream continues there, and the old
+//!   device answers the proxy's FIN that retires it.
 //! ```
 //!
 //! Invariants and conventions:
@@ -22,6 +27,9 @@
 //! - every data segment carries, in its first 6 payload bytes, the low 48 bits of the TSC when
 //!   it was built, and the receiver records the one-way latency through the forwarder (both ends
 //!   share the generator's clock);
+//! - the new device of a migrated flow uses the flow's ISN too and ACKs every segment like the
+//!   old one; the time from the request to its first data segment is the migration's pause as
+//!   the user sees it;
 //! - received frames are checked (IPv4 and TCP checksums, that they belong to a known flow,
 //!   in-order data) on every `check_every`-th frame; a mismatch is counted, never fatal.
 
@@ -42,6 +50,8 @@ pub const PROXY_A: [u8; 4] = [198, 18, 0, 254];
 /// The proxy's server-side address.
 pub const PROXY_B: [u8; 4] = [198, 19, 0, 254];
 const CLIENT_BASE: u32 = u32::from_be_bytes([198, 18, 128, 0]);
+/// The new devices of migrated flows (as many addresses as clients, 64 addresses above them).
+const TARGET_BASE: u32 = u32::from_be_bytes([198, 18, 192, 0]);
 const PORTS_PER_CLIENT: u32 = 60_000;
 const PORT_BASE: u32 = 2_000;
 /// Most flows a run can have (the ISN carries the index in its top 22 bits).
@@ -94,10 +104,24 @@ pub fn client_of(i: u32) -> ([u8; 4], u16) {
     (ip.to_be_bytes(), (PORT_BASE + i % PORTS_PER_CLIENT) as u16)
 }
 
-/// The flow of a client address and port, if it is one of ours.
+/// The address and port of flow `i`'s new device (migrations).
 #[inline]
-pub fn flow_of_client(ip: [u8; 4], port: u16) -> Option<u32> {
-    let host = u32::from_be_bytes(ip).checked_sub(CLIENT_BASE)?;
+pub fn target_of(i: u32) -> ([u8; 4], u16) {
+    let ip = TARGET_BASE + i / PORTS_PER_CLIENT;
+    (ip.to_be_bytes(), (PORT_BASE + i % PORTS_PER_CLIENT) as u16)
+}
+
+/// The flow of an address and port as seen on port A: `(flow, whether it is the new device)`.
+#[inline]
+fn flow_of_device(ip: [u8; 4], port: u16) -> Option<(u32, bool)> {
+    match flow_of(CLIENT_BASE, ip, port) {
+        Some(i) if u32::from_be_bytes(ip) < TARGET_BASE => Some((i, false)),
+        _ => flow_of(TARGET_BASE, ip, port).map(|i| (i, true)),
+    }
+}
+
+fn flow_of(base: u32, ip: [u8; 4], port: u16) -> Option<u32> {
+    let host = u32::from_be_bytes(ip).checked_sub(base)?;
     let p = u32::from(port).checked_sub(PORT_BASE)?;
     if p >= PORTS_PER_CLIENT {
         return None;
@@ -148,13 +172,32 @@ pub struct TcpCounters {
     pub tx_backpressure: u64,
     /// ARP replies sent (for the backend's address).
     pub arp_replies: u64,
+    /// Data segments received by flows chosen for migration (before and after their move).
+    pub data_received_migrating: u64,
+    /// SYNs the new devices sent (first tries and retries).
+    pub migration_syns: u64,
+    /// New devices whose handshake completed.
+    pub migrations_connected: u64,
+    /// New devices that received their first data segment (the migration is done for the
+    /// user).
+    pub migrations_completed: u64,
+    /// FINs that retired an old device, answered.
+    pub old_devices_closed: u64,
+    /// Other frames to an old device after its flow moved (ignored).
+    pub to_old_device_after_move: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Client {
     /// 0 idle, 1 SYN sent, 2 established.
     state: u8,
+    /// Chosen for migration.
+    migrating: bool,
+    /// The new device took the flow over (its handshake completed).
+    moved: bool,
     rcv_nxt: u32,
+    /// TSC when the migration was requested (0: none pending).
+    mig_at: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -198,6 +241,8 @@ pub struct TcpGen {
     /// Counters.
     pub c: TcpCounters,
     filler: Vec<u8>,
+    /// TSC cycles from each migration's request to its new device's first data segment.
+    pub migration_cycles: Vec<u64>,
 }
 
 /// What a received frame turned into.
@@ -231,7 +276,52 @@ impl TcpGen {
             sent_k: 0,
             c: TcpCounters::default(),
             filler: (0..1518u32).map(|i| (i * 31 + 7) as u8).collect(),
+            migration_cycles: Vec::new(),
         }
+    }
+
+    /// Marks flow `i` as one that will migrate (its data is counted apart).
+    pub fn choose_for_migration(&mut self, i: u32) {
+        if let Some(c) = self.clients.get_mut(i as usize) {
+            c.migrating = true;
+        }
+    }
+
+    /// Notes that flow `i`'s migration was requested at `now_tsc`.
+    pub fn migration_requested(&mut self, i: u32, now_tsc: u64) {
+        if let Some(c) = self.clients.get_mut(i as usize) {
+            c.mig_at = now_tsc.max(1);
+        }
+    }
+
+    /// Whether flow `i`'s new device completed its handshake.
+    pub fn moved(&self, i: u32) -> bool {
+        self.clients.get(i as usize).is_some_and(|c| c.moved)
+    }
+
+    /// The SYN of flow `i`'s new device to the VIP's migration port `mport`; `None` until the
+    /// proxy's MAC is known.
+    pub fn target_syn(&mut self, i: u32, mport: u16, out: &mut [u8]) -> Option<usize> {
+        let dst_mac = self.proxy_a?;
+        let (ip, port) = target_of(i);
+        self.c.migration_syns += 1;
+        let ep = Endpoints {
+            src_mac: self.mac_a,
+            dst_mac,
+            src: ip,
+            dst: VIP,
+            sport: port,
+            dport: mport,
+        };
+        let f = TcpFields {
+            seq: SeqNumber(isn(i)),
+            flags: TcpFlags::SYN,
+            window: WINDOW,
+            mss: Some(1460),
+            ..TcpFields::default()
+        };
+        let n = write_tcp_frame(out, &ep, &f, &[]).unwrap_or(0);
+        Some(pad(out, n))
     }
 
     /// Handshakes completed.
@@ -372,7 +462,8 @@ impl TcpGen {
         if check && !self.checksums_ok(f, &m) {
             return Reply::None;
         }
-        let Some(i) = flow_of_client(m.dst, m.dport).filter(|&i| i < self.flows) else {
+        let Some((i, target)) = flow_of_device(m.dst, m.dport).filter(|&(i, _)| i < self.flows)
+        else {
             self.c.unknown += 1;
             return Reply::None;
         };
@@ -381,6 +472,22 @@ impl TcpGen {
             return Reply::None;
         }
         let cl = &mut self.clients[i as usize];
+        if cl.moved && !target {
+            // The old device of a moved flow: it answers the FIN that retires it, like an
+            // application that closes its socket; anything else is late and ignored.
+            if !m.flags.has(TcpFlags::FIN) {
+                self.c.to_old_device_after_move += 1;
+                return Reply::None;
+            }
+            self.c.old_devices_closed += 1;
+            return self.reply_to_a(
+                f,
+                &m,
+                i,
+                m.seq.0.wrapping_add(m.payload_len as u32 + 1),
+                TcpFlags::FIN | TcpFlags::ACK,
+            );
+        }
         if m.flags.has(TcpFlags::SYN) {
             if !m.flags.has(TcpFlags::ACK) || m.ack.0 != isn(i).wrapping_add(1) {
                 self.c.unknown += 1;
@@ -390,8 +497,20 @@ impl TcpGen {
                 cl.state = 2;
                 self.c.established += 1;
             }
+            if target && !cl.moved {
+                cl.moved = true;
+                self.c.migrations_connected += 1;
+            }
             cl.rcv_nxt = m.seq.0.wrapping_add(1);
         } else if m.payload_len > 0 {
+            if target && cl.mig_at != 0 {
+                self.migration_cycles.push(now_tsc.saturating_sub(cl.mig_at));
+                cl.mig_at = 0;
+                self.c.migrations_completed += 1;
+            }
+            if cl.migrating {
+                self.c.data_received_migrating += 1;
+            }
             if m.seq.0 == cl.rcv_nxt {
                 cl.rcv_nxt = cl.rcv_nxt.wrapping_add(m.payload_len as u32);
             } else if m.seq.0.wrapping_sub(cl.rcv_nxt) < 1 << 31 {
@@ -414,10 +533,23 @@ impl TcpGen {
         } else {
             return Reply::None;
         }
+        let rcv = self.clients[i as usize].rcv_nxt;
+        self.c.acks_sent += 1;
+        self.reply_to_a(f, &m, i, rcv, TcpFlags::ACK)
+    }
+
+    /// Rewrites the frame `m` arrived in into the client side's answer (addresses swapped).
+    fn reply_to_a(
+        &mut self,
+        f: &mut [u8],
+        m: &tsmp::wire::TcpMeta,
+        i: u32,
+        ack: u32,
+        flags: u8,
+    ) -> Reply {
         let Some(dst_mac) = self.proxy_a else {
             return Reply::None;
         };
-        let rcv = self.clients[i as usize].rcv_nxt;
         let ep = Endpoints {
             src_mac: self.mac_a,
             dst_mac,
@@ -428,12 +560,11 @@ impl TcpGen {
         };
         let fl = TcpFields {
             seq: SeqNumber(isn(i).wrapping_add(1)),
-            ack: SeqNumber(rcv),
-            flags: TcpFlags::ACK,
+            ack: SeqNumber(ack),
+            flags,
             window: WINDOW,
             ..TcpFields::default()
         };
-        self.c.acks_sent += 1;
         let n = write_tcp_frame(f, &ep, &fl, &[]).unwrap_or(0);
         Reply::Send(pad(f, n))
     }
@@ -591,10 +722,12 @@ mod tests {
     fn client_addresses_round_trip() {
         for i in [0, 1, 59_999, 60_000, 1_000_000, MAX_FLOWS - 1] {
             let (ip, port) = client_of(i);
-            assert_eq!(flow_of_client(ip, port), Some(i));
+            assert_eq!(flow_of_device(ip, port), Some((i, false)));
             assert_eq!(ip[0..2], [198, 18]);
+            let (ip, port) = target_of(i);
+            assert_eq!(flow_of_device(ip, port), Some((i, true)));
         }
-        assert_eq!(flow_of_client([198, 18, 0, 1], 5000), None);
+        assert_eq!(flow_of_device([198, 18, 0, 1], 5000), None);
     }
 
     /// The segment in `f` again, with the addresses `ep` gives it (sequence numbers, flags,
