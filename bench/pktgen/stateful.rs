@@ -51,8 +51,11 @@ pub struct MigrationReport {
     pub refused: u64,
     /// The first refusal or socket error.
     pub first_error: String,
-    /// From the request to the new device's first data segment, us: p50, p90, p99, p99.9, max.
+    /// From the request to the new device's first data segment, us: p50, p90, p99, p99.9, max
+    /// (includes waiting for the flow's next turn in the server side's round robin).
     pub time_us: [f64; 5],
+    /// From the request to the new device's completed handshake, us (same percentiles).
+    pub connect_us: [f64; 5],
     /// The proxy's own pause distribution (`{"migrations": {}}` on its control socket).
     pub proxy_pause_ms: serde_json::Value,
     /// Data segments per second received by the flows that were not chosen, in the window.
@@ -123,7 +126,6 @@ fn operator(
     r
 }
 
-
 /// `a - b`, field by field (every counter is a `u64`; through serde so that a new counter
 /// needs no line here).
 fn sub(a: &TcpCounters, b: &TcpCounters) -> TcpCounters {
@@ -133,7 +135,10 @@ fn sub(a: &TcpCounters, b: &TcpCounters) -> TcpCounters {
         return TcpCounters::default();
     };
     for (k, v) in &mut x {
-        let d = v.as_u64().unwrap_or(0).saturating_sub(y[k].as_u64().unwrap_or(0));
+        let d = v
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(y[k].as_u64().unwrap_or(0));
         *v = d.into();
     }
     serde_json::from_value(serde_json::Value::Object(x)).unwrap_or_default()
@@ -369,6 +374,14 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
 
     // Migrations: the chosen flows, evenly spread over the flow indices; the operator thread
     // requests them over the first 80% of the window, the loop plays their new devices.
+    if !(0.0..=100.0).contains(&o.migrate_percent) {
+        return Err(format!(
+            "--migrate-percent {}: give a percentage of the flows, 0..=100",
+            o.migrate_percent
+        ));
+    }
+    // In range: 0..=flows after the check above.
+    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
     let n_mig = (f64::from(o.flows) * o.migrate_percent / 100.0).round() as u32;
     let chosen: Vec<u32> = (0..n_mig)
         .map(|k| (u64::from(k) * u64::from(o.flows) / u64::from(n_mig.max(1))) as u32)
@@ -484,14 +497,20 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
         Some(h) => h.join().unwrap_or_default(),
         None => MigrationReport::default(),
     };
-    let mut mh = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
-    for &c in &w.g.migration_cycles {
-        mh.saturating_record((u128::from(c) * 1_000_000 / u128::from(hz.max(1))) as u64);
-    }
-    if !mh.is_empty() {
-        migrations.time_us = percentiles(&mh).map(|v| v as f64);
-    }
+    let us = |cycles: &[u64]| -> Res<[f64; 5]> {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+            .map_err(|e| format!("histogram: {e}"))?;
+        for &c in cycles {
+            h.saturating_record((u128::from(c) * 1_000_000 / u128::from(hz.max(1))) as u64);
+        }
+        Ok(if h.is_empty() {
+            [0.0; 5]
+        } else {
+            percentiles(&h).map(|v| v as f64)
+        })
+    };
+    migrations.time_us = us(&w.g.migration_cycles)?;
+    migrations.connect_us = us(&w.g.connect_cycles)?;
     migrations.others_pps =
         (window.data_received - window.data_received_migrating) as f64 / seconds;
     let report = TcpReport {
@@ -648,8 +667,9 @@ pub fn tcp(a: &TcpArgs) -> Res<()> {
             if mg.first_error.is_empty() { String::new() } else { format!(" (first refusal: {})", mg.first_error) }
         );
         println!(
-            "migration time (request to the new device's first data): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us; proxy pause_ms {}",
-            mg.time_us[0], mg.time_us[1], mg.time_us[2], mg.time_us[4], mg.proxy_pause_ms
+            "migration time, request to the new device connected: p50 {:.0} us, p99 {:.0} us, max {:.0} us; to its first data: p50 {:.0} us, p99 {:.0} us, max {:.0} us; the proxy's pause (ms) {}",
+            mg.connect_us[0], mg.connect_us[2], mg.connect_us[4],
+            mg.time_us[0], mg.time_us[2], mg.time_us[4], mg.proxy_pause_ms
         );
         println!(
             "flows not migrating: {:.3} Mpps received ({:.0} pps per flow)",
@@ -707,6 +727,12 @@ pub struct BenchArgs {
     /// Rounds of the 64 B comparison (testpmd io, 5tswap and the proxy interleaved).
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Flows of the migration scenarios (1% and 10% of them migrate during the window).
+    #[arg(long, default_value_t = 65536)]
+    pub migration_flows: u32,
+    /// Offered load of the overload scenario, as multiples of the proxy's measured capacity.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1,2,4")]
+    pub overload: Vec<f64>,
     /// Where the plot goes (SVG).
     #[arg(long, default_value = "target/bench/rate-vs-flows.svg")]
     pub plot: std::path::PathBuf,
@@ -905,6 +931,110 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
         rows.push(Row { scenario: "rate vs flows".into(), forwarder: "tsmp-proxy", frame: "64".into(), flows: u64::from(n), mpps: m, gbps: gb(m, 64.0), extra: format!("set-up {:.2} M/s ({} of {n} in {:.2} s); {:.0} B/flow table + {:.0} B engine; lost {}", t.setup_rate / 1e6, t.established, t.setup_seconds, table, engine, t.lost) });
     }
 
+    // (4) Forwarding while 1% and 10% of the flows migrate (interleaved with runs without
+    // migrations; medians): the per-flow rate of the flows that do not migrate, against the
+    // same in the runs without, and the migrations' pause.
+    let nm = a.migration_flows;
+    let mut per_flow: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut fwd: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut last: [Option<TcpReport>; 3] = [None, None, None];
+    for round in 0..a.rounds {
+        for (k, pct) in [0.0, 1.0, 10.0].into_iter().enumerate() {
+            let mut o = TcpOptions::max_rate(nm, "64");
+            o.migrate_percent = pct;
+            let (t, _) = tcp_run(&dir, &a.proxy_config, &o, a.duration, nh)?;
+            let others = f64::from(nm) - t.migrations.chosen as f64;
+            let pf = t.migrations.others_pps.max(if pct == 0.0 {
+                t.window.data_received as f64 / t.seconds
+            } else {
+                0.0
+            }) / others.max(1.0);
+            eprintln!(
+                "  migrating {pct}% round {round}: {:.3} Mpps forwarded, {pf:.0} pps per flow not migrating, {} of {} migrations completed",
+                fwd_mpps(&t),
+                t.total.migrations_completed,
+                t.migrations.chosen
+            );
+            per_flow[k].push(pf);
+            fwd[k].push(fwd_mpps(&t));
+            last[k] = Some(t);
+        }
+    }
+    let base = median(&mut per_flow[0]);
+    let mut mig_ratio = Vec::new();
+    for (k, pct) in [(0usize, 0.0), (1, 1.0), (2, 10.0)] {
+        let t = last[k].take().ok_or("no migration run")?;
+        let pf = median(&mut per_flow[k]);
+        let m = median(&mut fwd[k]);
+        let mg = &t.migrations;
+        let extra = if k == 0 {
+            format!("{pf:.0} pps per flow (the reference)")
+        } else {
+            mig_ratio.push((pct, pf / base));
+            format!(
+                "flows not migrating: **{:.2}x** the reference per flow; {} of {} migrations completed; new device connected p50/p99 {:.0}/{:.0} us; the proxy's pause p50/p99/max {}/{}/{} ms",
+                pf / base,
+                t.total.migrations_completed,
+                mg.chosen,
+                mg.connect_us[0],
+                mg.connect_us[2],
+                mg.proxy_pause_ms["p50"],
+                mg.proxy_pause_ms["p99"],
+                mg.proxy_pause_ms["max"]
+            )
+        };
+        rows.push(Row {
+            scenario: format!("{pct}% of flows migrating"),
+            forwarder: "tsmp-proxy",
+            frame: "64".into(),
+            flows: u64::from(nm),
+            mpps: m,
+            gbps: gb(m, 64.0),
+            extra,
+        });
+    }
+
+    // (5) Overload: fixed offered rates around the proxy's capacity (1K flows, no in-flight
+    // bound): what it forwards, what is refused at its rings, and that nothing collapses.
+    let cap = px_m / 2.0; // data segments per second (the forwarded rate counts ACKs too)
+    for &x in &a.overload {
+        let mut o = TcpOptions::max_rate(1000, "64");
+        o.inflight = 0;
+        if !(x > 0.0 && x.is_finite()) {
+            return Err(format!(
+                "--overload {x}: give positive multiples of the capacity, e.g. 0.5,1,2,4"
+            ));
+        }
+        // Positive after the check above.
+        #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+        let rate = (cap * 1e6 * x) as u64;
+        o.rate = rate.max(1);
+        let (t, s) = tcp_run(&dir, &a.proxy_config, &o, a.duration, nh)?;
+        // memif has no drop counter: a full ring pushes back on the sender, so what the proxy
+        // cannot take is what the generator could not enqueue.
+        let offered = o.rate as f64 / 1e6;
+        let data = t.window.data_received as f64 / t.seconds / 1e6;
+        let m = fwd_mpps(&t);
+        let dropped: u64 = s["workers"]
+            .as_array()
+            .map(|ws| ws.iter().filter_map(|w| w["tx_dropped"].as_u64()).sum())
+            .unwrap_or(0);
+        rows.push(Row {
+            scenario: format!("overload {x}x"),
+            forwarder: "tsmp-proxy",
+            frame: "64".into(),
+            flows: 1000,
+            mpps: m,
+            gbps: gb(m, 64.0),
+            extra: format!(
+                "data offered {offered:.2} Mpps, forwarded {data:.2} Mpps ({:.0}%, the rest refused by the full ring); proxy tx drops {dropped}; lost after sending {}; p99 {:.0} us",
+                100.0 * data / offered.max(1e-9),
+                t.lost,
+                t.latency_ns[2] as f64 / 1e3
+            ),
+        });
+    }
+
     println!();
     println!("| scenario | forwarder | frame | flows | Mpps | Gbit/s | ratio to testpmd io | ratio to 5tswap | notes |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
@@ -934,6 +1064,9 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
             first.0,
             last.1 / first.1
         );
+    }
+    for (pct, r) in &mig_ratio {
+        println!("flows not migrating while {pct}% migrate: {r:.2}x their rate without migrations");
     }
     plot(&a.plot, &curve, io_m, swap_m)?;
     println!("plot: {}", a.plot.display());

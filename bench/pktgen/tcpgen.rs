@@ -243,6 +243,8 @@ pub struct TcpGen {
     filler: Vec<u8>,
     /// TSC cycles from each migration's request to its new device's first data segment.
     pub migration_cycles: Vec<u64>,
+    /// TSC cycles from each migration's request to its new device's handshake (SYN-ACK).
+    pub connect_cycles: Vec<u64>,
 }
 
 /// What a received frame turned into.
@@ -277,6 +279,7 @@ impl TcpGen {
             c: TcpCounters::default(),
             filler: (0..1518u32).map(|i| (i * 31 + 7) as u8).collect(),
             migration_cycles: Vec::new(),
+            connect_cycles: Vec::new(),
         }
     }
 
@@ -500,11 +503,15 @@ impl TcpGen {
             if target && !cl.moved {
                 cl.moved = true;
                 self.c.migrations_connected += 1;
+                if cl.mig_at != 0 {
+                    self.connect_cycles.push(now_tsc.saturating_sub(cl.mig_at));
+                }
             }
             cl.rcv_nxt = m.seq.0.wrapping_add(1);
         } else if m.payload_len > 0 {
             if target && cl.mig_at != 0 {
-                self.migration_cycles.push(now_tsc.saturating_sub(cl.mig_at));
+                self.migration_cycles
+                    .push(now_tsc.saturating_sub(cl.mig_at));
                 cl.mig_at = 0;
                 self.c.migrations_completed += 1;
             }
