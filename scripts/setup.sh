@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Host set-up shared by the README's commands, CI and the Vagrant provisioning: Debian packages
 # (DPDK 22.11, clang for bindgen, network tools), hugepages, and a Rust toolchain check.
-# Idempotent; needs root. Usage: scripts/setup.sh [--persist]  (--persist also writes the
-# hugepage reservation to /etc/sysctl.d and /etc/fstab, for VMs that reboot).
+# Idempotent; needs root. Usage: scripts/setup.sh [--persist] [--bench]  (--persist also writes
+# the hugepage reservation to /etc/sysctl.d and /etc/fstab, for VMs that reboot; --bench also
+# installs Open vSwitch's DPDK build for `tsmp-pktgen bench`, with its system services left
+# stopped and disabled: the benchmark runs its own instance from a temporary directory).
 set -euo pipefail
+
+PERSIST=0
+BENCH=0
+for a in "$@"; do
+    case "$a" in
+        --persist) PERSIST=1 ;;
+        --bench) BENCH=1 ;;
+        *) echo "setup: unknown option $a (use --persist, --bench)" >&2; exit 2 ;;
+    esac
+done
 
 HUGEPAGES="${TSMP_HUGEPAGES:-512}"   # 2 MiB pages: 1 GiB
 
@@ -37,9 +49,27 @@ fi
 if [ "$(cat "$nr")" -lt "$HUGEPAGES" ]; then
     echo "setup: warning: only $(cat "$nr") of $HUGEPAGES hugepages could be reserved (memory fragmented?)" >&2
 fi
-if [ "${1:-}" = "--persist" ]; then
+if [ "$PERSIST" = 1 ]; then
     echo "vm.nr_hugepages = $HUGEPAGES" > /etc/sysctl.d/80-tsmp-hugepages.conf
     grep -q '^nodev /dev/hugepages' /etc/fstab || echo 'nodev /dev/hugepages hugetlbfs defaults 0 0' >> /etc/fstab
+fi
+
+# Open vSwitch with DPDK for the side-by-side benchmark, installed without starting its
+# services (policy-rc.d 101 is Debian's "do not start daemons"), which are then disabled.
+if [ "$BENCH" = 1 ] && ! dpkg-query -W -f='${Status}' openvswitch-switch-dpdk 2>/dev/null | grep -q "install ok installed"; then
+    echo "setup: installing openvswitch-switch-dpdk (services stay stopped)"
+    had_policy=0
+    [ -e /usr/sbin/policy-rc.d ] && had_policy=1 && cp -p /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.tsmp-saved
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends openvswitch-switch-dpdk >/dev/null || rc=$?
+    if [ "$had_policy" = 1 ]; then mv /usr/sbin/policy-rc.d.tsmp-saved /usr/sbin/policy-rc.d; else rm -f /usr/sbin/policy-rc.d; fi
+    [ "${rc:-0}" = 0 ] || { echo "setup: apt-get install openvswitch-switch-dpdk failed" >&2; exit 1; }
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now openvswitch-switch.service ovs-vswitchd.service ovsdb-server.service >/dev/null 2>&1 || true
+    fi
 fi
 
 # Rust: the project needs a current stable toolchain (cargo >= 1.80), e.g. from rustup.

@@ -32,6 +32,9 @@ pub struct GenArgs {
     /// Directory holding the memif sockets a.sock and b.sock.
     #[arg(long)]
     pub dir: PathBuf,
+    /// Rx queues per port (the forwarder may send on several; the TCP mode polls them all).
+    #[arg(long, default_value_t = 1)]
+    pub rx_queues: u16,
     /// Lcore (CPU) the generator runs on.
     #[arg(long, default_value_t = 0)]
     pub lcore: u32,
@@ -120,7 +123,7 @@ pub fn gen(a: &GenArgs) -> Res<()> {
             .map_err(|e| e.to_string())?;
         let setup = PortSetup {
             name: if i == 0 { "A".into() } else { "B".into() },
-            rx_queues: 1,
+            rx_queues: a.rx_queues,
             tx_queues: 1,
             rx_desc: 1024,
             tx_desc: 1024,
@@ -410,6 +413,9 @@ pub(crate) enum Forwarder {
     Tsmp,
     /// `tsmp-proxy` in proxy mode (bench-proxy-memif.toml).
     TsmpProxy,
+    /// Open vSwitch with the DPDK datapath doing the same NAT with conntrack
+    /// (bench/pktgen/ovs.rs).
+    OvsDpdk,
 }
 
 impl Forwarder {
@@ -419,6 +425,7 @@ impl Forwarder {
             Forwarder::Testpmd5tswap => "dpdk-testpmd 5tswap",
             Forwarder::Tsmp => "tsmp-proxy passthrough",
             Forwarder::TsmpProxy => "tsmp-proxy proxy",
+            Forwarder::OvsDpdk => "ovs-dpdk conntrack NAT",
         }
     }
 
@@ -433,6 +440,7 @@ struct FwdChild {
     stdin: Option<ChildStdin>,
     log: PathBuf,
     stats: PathBuf,
+    ovs: Option<crate::ovs::Ovs>,
 }
 
 fn proxy_exe() -> Res<PathBuf> {
@@ -461,9 +469,24 @@ impl FwdChild {
     fn spawn(kind: Forwarder, dir: &Path, config: &Path, no_huge: bool) -> Res<FwdChild> {
         let log = dir.join(format!(
             "{}.log",
-            if kind.is_testpmd() { "testpmd" } else { "tsmp" }
+            match kind {
+                Forwarder::TestpmdIo | Forwarder::Testpmd5tswap => "testpmd",
+                Forwarder::OvsDpdk => "ovs",
+                Forwarder::Tsmp | Forwarder::TsmpProxy => "tsmp",
+            }
         ));
         let stats = dir.join("proxy-stats.json");
+        if kind == Forwarder::OvsDpdk {
+            let (o, child) = crate::ovs::Ovs::start(dir, &log, no_huge)?;
+            return Ok(FwdChild {
+                kind,
+                child,
+                stdin: None,
+                log,
+                stats,
+                ovs: Some(o),
+            });
+        }
         let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = match kind {
@@ -500,6 +523,7 @@ impl FwdChild {
                 ]);
                 c
             }
+            Forwarder::OvsDpdk => unreachable!("started above"),
             Forwarder::Tsmp | Forwarder::TsmpProxy => {
                 let cfg = bench_config(config, dir)?;
                 let mut c = Command::new(proxy_exe()?);
@@ -519,6 +543,7 @@ impl FwdChild {
             stdin: None,
             log,
             stats,
+            ovs: None,
         };
         f.stdin = f.child.stdin.take();
         Ok(f)
@@ -527,13 +552,21 @@ impl FwdChild {
     /// Stops the forwarder (testpmd: Enter on stdin; tsmp: SIGINT) and returns its busy cycles
     /// per packet and (tsmp) its final counters.
     fn stop(mut self) -> Res<(f64, serde_json::Value)> {
+        // Open vSwitch's counters are read from the running switch.
+        let ovs_stats = self.ovs.as_ref().map(|o| {
+            let c = o.cycles_per_packet();
+            (
+                c,
+                serde_json::json!({"conntrack_entries": o.conntrack_entries(), "cycles_per_packet": c}),
+            )
+        });
         match self.kind {
             Forwarder::TestpmdIo | Forwarder::Testpmd5tswap => {
                 if let Some(mut s) = self.stdin.take() {
                     let _ = writeln!(s);
                 }
             }
-            Forwarder::Tsmp | Forwarder::TsmpProxy => {
+            Forwarder::Tsmp | Forwarder::TsmpProxy | Forwarder::OvsDpdk => {
                 let _ = Command::new("kill")
                     .arg("-INT")
                     .arg(self.child.id().to_string())
@@ -543,7 +576,10 @@ impl FwdChild {
         let t = Instant::now();
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
-                if !st.success() {
+                // ovs-vswitchd ends by re-raising the signal it was stopped with.
+                let by_our_signal = self.kind == Forwarder::OvsDpdk
+                    && std::os::unix::process::ExitStatusExt::signal(&st) == Some(2);
+                if !st.success() && !by_our_signal {
                     return Err(format!(
                         "{} exited with {st}; log: {}",
                         self.kind.label(),
@@ -562,6 +598,9 @@ impl FwdChild {
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(s) = ovs_stats {
+            return Ok(s);
         }
         if self.kind.is_testpmd() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -28,6 +28,7 @@
 
 mod frames;
 mod harness;
+mod ovs;
 mod stateful;
 mod tcpgen;
 

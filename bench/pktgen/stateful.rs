@@ -148,9 +148,10 @@ fn sub(a: &TcpCounters, b: &TcpCounters) -> TcpCounters {
 /// latency histogram the client side records into.
 struct Wire<'q, 'p> {
     g: TcpGen,
-    rxa: RxQueue<'p>,
+    /// Every rx queue of A (Open vSwitch's PMD sends on its own queue, not the first).
+    rxa: Vec<RxQueue<'p>>,
     txa: TxQueue<'p>,
-    rxb: RxQueue<'p>,
+    rxb: Vec<RxQueue<'p>>,
     txb: TxQueue<'p>,
     burst: Burst,
     hist: Histogram<u64>,
@@ -162,17 +163,39 @@ impl Wire<'_, '_> {
     /// Receives a burst on one side and sends the in-place replies back out of the same port;
     /// `record`: latency stamps go into the histogram.
     fn serve(&mut self, side_a: bool, record: bool) {
-        let (rx, tx) = if side_a {
+        let (rxs, tx) = if side_a {
             (&mut self.rxa, &mut self.txa)
         } else {
             (&mut self.rxb, &mut self.txb)
         };
-        if rx.recv(&mut self.burst, 64) == 0 {
-            return;
+        for rx in rxs.iter_mut() {
+            if rx.recv(&mut self.burst, 64) == 0 {
+                continue;
+            }
+            Self::answer(
+                &mut self.g,
+                &mut self.burst,
+                tx,
+                &mut self.hist,
+                self.hz,
+                side_a,
+                record,
+            );
         }
+    }
+
+    /// Hands each frame of a received burst to the generator and sends its replies.
+    fn answer(
+        g: &mut TcpGen,
+        burst: &mut Burst,
+        tx: &mut TxQueue<'_>,
+        hist: &mut Histogram<u64>,
+        hz: u64,
+        side_a: bool,
+        record: bool,
+    ) {
         let now = rdtsc();
-        let (g, hist, hz) = (&mut self.g, &mut self.hist, self.hz);
-        for mut m in self.burst.drain() {
+        for mut m in burst.drain() {
             // Room for a reply longer than the frame (a SYN-ACK with options answering a bare
             // SYN): classification reads the IP length, not the buffer's.
             if m.len() < 128 {
@@ -267,9 +290,15 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
     let q = |e: tsmp::dpdk::Error| e.to_string();
     let mut w = Wire {
         g,
-        rxa: pa.rx_queue(0).map_err(q)?,
+        rxa: (0..a.rx_queues)
+            .map(|i| pa.rx_queue(i))
+            .collect::<Result<_, _>>()
+            .map_err(q)?,
         txa: pa.tx_queue(0).map_err(q)?,
-        rxb: pb.rx_queue(0).map_err(q)?,
+        rxb: (0..a.rx_queues)
+            .map(|i| pb.rx_queue(i))
+            .collect::<Result<_, _>>()
+            .map_err(q)?,
         txb: pb.tx_queue(0).map_err(q)?,
         burst: Burst::default(),
         hist: Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
@@ -561,6 +590,11 @@ pub struct TcpOptions {
     /// proxy's control socket, the generator playing each new device.
     #[arg(long, default_value_t = 0.0)]
     pub migrate_percent: f64,
+    /// Run the flows through Open vSwitch's DPDK datapath doing the same NAT with conntrack
+    /// (Debian's openvswitch-switch-dpdk, started by hand in the work directory) instead of
+    /// the proxy.
+    #[arg(long)]
+    pub ovs: bool,
 }
 
 /// Default of `--check-every`.
@@ -578,6 +612,7 @@ impl TcpOptions {
             check_every: CHECK_EVERY,
             inflight: INFLIGHT,
             migrate_percent: 0.0,
+            ovs: false,
         }
     }
 
@@ -677,6 +712,14 @@ pub fn tcp(a: &TcpArgs) -> Res<()> {
             mg.others_pps / f64::from(t.flows - u32::try_from(mg.chosen).unwrap_or(0)).max(1.0)
         );
     }
+    if a.tcp.ovs {
+        println!(
+            "ovs-dpdk: {:.1} processing cycles per packet (pmd-stats-show), {} conntrack entries at the end",
+            stats["cycles_per_packet"].as_f64().unwrap_or(f64::NAN),
+            stats["conntrack_entries"]
+        );
+        return tcp_verdict(&t);
+    }
     let cpp = stats["workers"][0]["cycles_per_packet"]
         .as_f64()
         .unwrap_or(f64::NAN);
@@ -691,6 +734,11 @@ pub fn tcp(a: &TcpArgs) -> Res<()> {
         p["flows_created"], p["flows_active"], table, engine, stats["mempool_in_use"], p["drops"]
     );
     let _ = std::fs::remove_dir_all(&dir);
+    tcp_verdict(&t)
+}
+
+/// A stateful run's pass/fail: handshakes, migrations and the generator's checks.
+fn tcp_verdict(t: &TcpReport) -> Res<()> {
     if t.established < u64::from(t.flows) {
         return Err(format!(
             "{} of {} flows did not complete their handshake",
@@ -727,6 +775,10 @@ pub struct BenchArgs {
     /// Rounds of the 64 B comparison (testpmd io, 5tswap and the proxy interleaved).
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Flow counts at which Open vSwitch's conntrack NAT runs (skipped when it is not
+    /// installed: scripts/setup.sh --bench).
+    #[arg(long, value_delimiter = ',', default_value = "1000,65536,1000000")]
+    pub ovs_flows: Vec<u32>,
     /// Flows of the migration scenarios (1% and 10% of them migrate during the window).
     #[arg(long, default_value_t = 65536)]
     pub migration_flows: u32,
@@ -766,8 +818,21 @@ pub fn tcp_run(
     if no_huge {
         gen_args.push("--no-huge".to_owned());
     }
-    let (r, stats) =
-        harness::run_once_stats(Forwarder::TsmpProxy, dir, config, &gen_args, no_huge)?;
+    if o.ovs && o.migrate_percent > 0.0 {
+        return Err(
+            "--migrate-percent needs the proxy: Open vSwitch does not migrate flows".into(),
+        );
+    }
+    let kind = if o.ovs {
+        Forwarder::OvsDpdk
+    } else {
+        Forwarder::TsmpProxy
+    };
+    if o.ovs {
+        // Open vSwitch gives each of its threads a tx queue (its PMD's is the second).
+        gen_args.extend(["--rx-queues".to_owned(), "2".to_owned()]);
+    }
+    let (r, stats) = harness::run_once_stats(kind, dir, config, &gen_args, no_huge)?;
     let t = r.tcp.ok_or("the generator returned no TCP report")?;
     Ok((t, stats))
 }
@@ -827,6 +892,8 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
     let mut swap = Vec::new();
     let mut px = Vec::new();
     let mut px_last = None;
+    let with_ovs = crate::ovs::available();
+    let mut ovs_m = Vec::new();
     for round in 0..a.rounds {
         for kind in [Forwarder::TestpmdIo, Forwarder::Testpmd5tswap] {
             let (r, _) = harness::rate_run(kind, &dir, &a.harness.config, 64, a.duration, nh)?;
@@ -852,6 +919,17 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
         );
         px.push(m);
         px_last = Some((t, s));
+        if with_ovs {
+            let mut o = TcpOptions::max_rate(1000, "64");
+            o.ovs = true;
+            let (t, _) = tcp_run(&dir, &a.proxy_config, &o, a.duration, nh)?;
+            let m = fwd_mpps(&t);
+            eprintln!(
+                "  64 B round {round} {:<28} {m:7.3} Mpps",
+                "ovs-dpdk 1K flows"
+            );
+            ovs_m.push(m);
+        }
     }
     let (io_m, swap_m, px_m) = (median(&mut io), median(&mut swap), median(&mut px));
     let gb = |mpps: f64, frame: f64| mpps * frame * 8.0 / 1e3;
@@ -887,6 +965,19 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
             t.latency_ns[2] as f64 / 1e3
         ),
     });
+
+    let ovs_1k = (!ovs_m.is_empty()).then(|| median(&mut ovs_m));
+    if let Some(m) = ovs_1k {
+        rows.push(Row {
+            scenario: "established, 64 B".into(),
+            forwarder: "ovs-dpdk conntrack NAT",
+            frame: "64".into(),
+            flows: 1000,
+            mpps: m,
+            gbps: gb(m, 64.0),
+            extra: format!("tsmp-proxy / ovs-dpdk: **{:.2}x**", px_m / m),
+        });
+    }
 
     // (2) The proxy across frame sizes (1K flows).
     for size in ["1500", "imix"] {
@@ -929,6 +1020,36 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
         let (table, engine) = bytes_per_flow(&s, n);
         curve.push((n, m));
         rows.push(Row { scenario: "rate vs flows".into(), forwarder: "tsmp-proxy", frame: "64".into(), flows: u64::from(n), mpps: m, gbps: gb(m, 64.0), extra: format!("set-up {:.2} M/s ({} of {n} in {:.2} s); {:.0} B/flow table + {:.0} B engine; lost {}", t.setup_rate / 1e6, t.established, t.setup_seconds, table, engine, t.lost) });
+    }
+
+    // (3b) Open vSwitch at the same flow counts (conntrack holds two entries per flow).
+    let mut ovs_curve = Vec::new();
+    if with_ovs {
+        for &n in &a.ovs_flows {
+            let mut o = TcpOptions::max_rate(n, "64");
+            o.ovs = true;
+            let (t, s) = tcp_run(&dir, &a.proxy_config, &o, a.duration, nh)?;
+            let m = fwd_mpps(&t);
+            ovs_curve.push((n, m));
+            rows.push(Row {
+                scenario: "rate vs flows".into(),
+                forwarder: "ovs-dpdk conntrack NAT",
+                frame: "64".into(),
+                flows: u64::from(n),
+                mpps: m,
+                gbps: gb(m, 64.0),
+                extra: format!(
+                    "set-up {:.2} M/s ({} of {n} in {:.2} s); {} conntrack entries; {:.0} cycles/packet",
+                    t.setup_rate / 1e6,
+                    t.established,
+                    t.setup_seconds,
+                    s["conntrack_entries"],
+                    s["cycles_per_packet"].as_f64().unwrap_or(f64::NAN)
+                ),
+            });
+        }
+    } else {
+        println!("# ovs-dpdk: not installed, skipped (sudo scripts/setup.sh --bench installs it)");
     }
 
     // (4) Forwarding while 1% and 10% of the flows migrate (interleaved with runs without
@@ -1068,14 +1189,26 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
     for (pct, r) in &mig_ratio {
         println!("flows not migrating while {pct}% migrate: {r:.2}x their rate without migrations");
     }
-    plot(&a.plot, &curve, io_m, swap_m)?;
+    if let Some(m) = ovs_1k {
+        println!(
+            "tsmp-proxy / ovs-dpdk conntrack NAT at 1000 flows: {:.2}x",
+            px_m / m
+        );
+    }
+    plot(&a.plot, &curve, &ovs_curve, io_m, swap_m)?;
     println!("plot: {}", a.plot.display());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 /// Rate vs flows (log x), with testpmd's stateless rates as reference lines.
-fn plot(path: &std::path::Path, curve: &[(u32, f64)], io: f64, swap: f64) -> Res<()> {
+fn plot(
+    path: &std::path::Path,
+    curve: &[(u32, f64)],
+    ovs: &[(u32, f64)],
+    io: f64,
+    swap: f64,
+) -> Res<()> {
     let (w, h, l, r, t, b) = (640.0, 360.0, 60.0, 20.0, 30.0, 50.0);
     let ymax = curve.iter().map(|c| c.1).fold(io.max(swap), f64::max) * 1.15;
     let (xmin, xmax) = (2.5f64, 7.0f64); // log10 flows
@@ -1107,18 +1240,37 @@ fn plot(path: &std::path::Path, curve: &[(u32, f64)], io: f64, swap: f64) -> Res
     ] {
         s += &format!("<line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-dasharray=\"5,4\"/>\n<text x=\"{}\" y=\"{:.1}\" fill=\"{color}\" text-anchor=\"end\">{name}</text>\n", y(v), w - r, y(v), w - r, y(v) - 4.0);
     }
-    let pts: Vec<String> = curve
-        .iter()
-        .map(|(n, m)| format!("{:.1},{:.1}", x(f64::from(*n)), y(*m)))
-        .collect();
-    s += &format!(
-        "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n",
-        pts.join(" ")
-    );
-    for (n, m) in curve {
-        s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#1f77b4\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1f77b4\" text-anchor=\"middle\">{m:.2}</text>\n", x(f64::from(*n)), y(*m), x(f64::from(*n)), y(*m) - 8.0);
+    for (c, color, name, ty) in [
+        (
+            curve,
+            "#1f77b4",
+            "tsmp-proxy (stateful: full NAT, flow table, per-flow caches)",
+            46.0,
+        ),
+        (
+            ovs,
+            "#d62728",
+            "ovs-dpdk (conntrack DNAT + SNAT, same flows)",
+            62.0,
+        ),
+    ] {
+        if c.is_empty() {
+            continue;
+        }
+        let pts: Vec<String> = c
+            .iter()
+            .map(|(n, m)| format!("{:.1},{:.1}", x(f64::from(*n)), y(*m)))
+            .collect();
+        s += &format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>\n",
+            pts.join(" ")
+        );
+        for (n, m) in c {
+            s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\" text-anchor=\"middle\">{m:.2}</text>\n", x(f64::from(*n)), y(*m), x(f64::from(*n)), y(*m) - 8.0);
+        }
+        s += &format!("<text x=\"70\" y=\"{ty}\" fill=\"{color}\">{name}</text>\n");
     }
-    s += "<text x=\"70\" y=\"46\" fill=\"#1f77b4\">tsmp-proxy (stateful: full NAT, flow table, per-flow caches)</text>\n</svg>\n";
+    s += "</svg>\n";
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
