@@ -231,10 +231,15 @@ impl FlowTable {
         self.index.find(h, |v| self.key_of(v) == *k).map(|v| v >> 1)
     }
 
-    /// Brings the index bucket of hash `h` toward the cache (a burst's lookups overlap).
+    /// Brings the index bucket of hash `h` toward the cache (a burst's lookups overlap); `both`:
+    /// the secondary one too (a new flow's lookup misses, then its insert reads both).
     #[inline(always)]
-    pub fn prefetch_bucket(&self, h: u64) {
-        super::prefetch(self.index.bucket_addr(h));
+    pub fn prefetch_bucket(&self, h: u64, both: bool) {
+        let [a, b] = self.index.bucket_addrs(h);
+        super::prefetch(a);
+        if both {
+            super::prefetch(b);
+        }
     }
 
     /// Brings flow `idx`'s entry toward the cache.

@@ -111,11 +111,16 @@ impl FlowIndex {
         b ^ (((mix(sig) & self.mask) | 1) as usize)
     }
 
-    /// The address of the primary bucket of hash `h`, to prefetch before [`FlowIndex::find`].
+    /// The addresses of the primary and the secondary bucket of hash `h`, to prefetch before
+    /// [`FlowIndex::find`] (a hit is usually in the first; a miss reads both).
     #[inline(always)]
-    pub fn bucket_addr(&self, h: u64) -> *const u8 {
-        let (b, _) = self.place(h);
-        std::ptr::from_ref(&self.buckets[b]).cast()
+    pub fn bucket_addrs(&self, h: u64) -> [*const u8; 2] {
+        let (b, sig) = self.place(h);
+        let b2 = self.other(b, sig);
+        [
+            std::ptr::from_ref(&self.buckets[b]).cast(),
+            std::ptr::from_ref(&self.buckets[b2]).cast(),
+        ]
     }
 
     /// The value whose signature matches `h` and for which `is` holds (the key comparison).

@@ -482,9 +482,10 @@ impl ProxyCore {
     /// of the burst's lookups overlap instead of stalling one by one.
     #[inline]
     pub fn prefetch_index(&self, f: &[u8]) -> Option<(Key, u64)> {
-        let k = wire::tuple_of(f)?;
+        let (k, flags) = wire::tuple_of(f)?;
         let h = self.flows.hasher().key(&k);
-        self.flows.prefetch_bucket(h);
+        let syn = flags & (TcpFlags::SYN | TcpFlags::ACK) == TcpFlags::SYN;
+        self.flows.prefetch_bucket(h, syn);
         Some((k, h))
     }
 

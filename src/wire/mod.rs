@@ -200,24 +200,25 @@ fn addr(b: &[u8], at: usize) -> [u8; 4] {
     [b[at], b[at + 1], b[at + 2], b[at + 3]]
 }
 
-/// The 4-tuple of what looks like a TCP/IPv4 frame, without validation: a prefetch hint only
-/// ([`classify`] decides what the frame is).
+/// The 4-tuple and the flags of what looks like a TCP/IPv4 frame, without validation: a
+/// prefetch hint only ([`classify`] decides what the frame is).
 #[inline]
-pub fn tuple_of(f: &[u8]) -> Option<crate::proxy::flow::Key> {
+pub fn tuple_of(f: &[u8]) -> Option<(crate::proxy::flow::Key, u8)> {
     let ip = ETH_LEN;
     if f.len() < ip + 20 || be16(f, 12) != ETHERTYPE_IPV4 || f[ip + 9] != PROTO_TCP {
         return None;
     }
     let l4 = ip + usize::from(f[ip] & 0x0f) * 4;
-    if f.len() < l4 + 4 {
+    if f.len() < l4 + 14 {
         return None;
     }
-    Some(crate::proxy::flow::Key {
+    let k = crate::proxy::flow::Key {
         src: u32::from_be_bytes(addr(f, ip + 12)),
         dst: u32::from_be_bytes(addr(f, ip + 16)),
         sport: be16(f, l4),
         dport: be16(f, l4 + 2),
-    })
+    };
+    Some((k, f[l4 + 13]))
 }
 
 /// Classifies an Ethernet frame in one pass. Never panics; checks the IPv4 header checksum but

@@ -138,7 +138,12 @@ impl<'a> TcpSegmentMut<'a> {
     /// Writes `new` at `at` (anywhere in the TCP segment) and updates the TCP checksum over the
     /// even-aligned (relative to the TCP header) window that contains the change.
     fn write_tcp(&mut self, at: usize, new: &[u8]) {
-        if self.f[at..at + new.len()] == *new {
+        // Byte by byte: these are 1 to 8 bytes, a call to memcmp would cost more.
+        if self.f[at..at + new.len()]
+            .iter()
+            .zip(new)
+            .fold(true, |same, (a, b)| same & (a == b))
+        {
             // Unchanged (an identity translation): nothing to write or to fold in.
             return;
         }
