@@ -30,8 +30,21 @@ pub enum GenMode {
 #[derive(Debug, Args)]
 pub struct GenArgs {
     /// Directory holding the memif sockets a.sock and b.sock.
-    #[arg(long)]
+    #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// Port A on a DPDK device instead of the memif server, for a hardware testbed: a PCI
+    /// address bound to a DPDK driver (0000:03:00.0) or a vdev's devargs. Needs --port-b; the
+    /// run then stands alone (prints its report, does not wait for a harness).
+    #[arg(long, requires = "port_b")]
+    pub port_a: Option<String>,
+    /// Port B on a DPDK device (see --port-a).
+    #[arg(long, requires = "port_a")]
+    pub port_b: Option<String>,
+    /// The proxy's control socket, for --migrate-percent (default: `<dir>/tsmp.sock`, where
+    /// the harness puts it; on a testbed, the appliance's `[control] cli_socket`, e.g. through
+    /// `ssh -L /tmp/tsmp.sock:/run/tsmp/tsmp.sock appliance`).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
     /// Rx queues per port (the forwarder may send on several; the TCP mode polls them all).
     #[arg(long, default_value_t = 1)]
     pub rx_queues: u16,
@@ -100,17 +113,33 @@ fn memif(dir: &Path, i: u8, role: &str) -> String {
 
 /// The generator process: memif servers on A and B, then rate or verify, then freeze and wait.
 pub fn gen(a: &GenArgs) -> Res<()> {
+    let devices = [a.port_a.as_deref(), a.port_b.as_deref()];
+    let standalone = devices.iter().all(Option::is_some);
+    let is_pci = |d: &str| !d.starts_with("net_") && d.contains(':');
     let mut args = vec![
         "-l".to_owned(),
         a.lcore.to_string(),
         "--file-prefix".to_owned(),
         format!("tsmp-gen-{}", std::process::id()),
-        "--no-pci".to_owned(),
+    ];
+    let pci: Vec<&str> = devices
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|d| is_pci(d))
+        .collect();
+    if pci.is_empty() {
+        args.push("--no-pci".to_owned());
+    }
+    for d in pci {
+        args.extend(["-a".to_owned(), d.to_owned()]);
+    }
+    args.extend([
         "-m".to_owned(),
         "512".to_owned(),
         "--log-level".to_owned(),
         "warning".to_owned(),
-    ];
+    ]);
     if a.no_huge {
         args.push("--no-huge".to_owned());
     }
@@ -118,9 +147,12 @@ pub fn gen(a: &GenArgs) -> Res<()> {
     let pool = Mempool::new(&eal, "gen", 65535, 256, 2176).map_err(|e| e.to_string())?;
     let mut ports = Vec::new();
     for i in 0..2u8 {
-        let id = eal
-            .probe_vdev(&memif(&a.dir, i, "server"))
-            .map_err(|e| e.to_string())?;
+        let id = match devices[usize::from(i)] {
+            Some(d) if is_pci(d) => eal.pci_port(d),
+            Some(d) => eal.probe_vdev(d),
+            None => eal.probe_vdev(&memif(&a.dir, i, "server")),
+        }
+        .map_err(|e| e.to_string())?;
         let setup = PortSetup {
             name: if i == 0 { "A".into() } else { "B".into() },
             rx_queues: a.rx_queues,
@@ -137,7 +169,11 @@ pub fn gen(a: &GenArgs) -> Res<()> {
     let t = Instant::now();
     while !ports.iter().all(|p| p.link().up) {
         if t.elapsed() > Duration::from_secs(20) {
-            return Err("the forwarder did not connect to the memif sockets within 20 s".into());
+            return Err(if standalone {
+                "the ports' links did not come up within 20 s (cabled to the appliance, which is running?)".into()
+            } else {
+                "the forwarder did not connect to the memif sockets within 20 s".into()
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -162,6 +198,16 @@ pub fn gen(a: &GenArgs) -> Res<()> {
         "RESULT {}",
         serde_json::to_string(&result).unwrap_or_default()
     );
+    if standalone {
+        // No harness around: the report in words, the verdict as the exit status.
+        return match &result.tcp {
+            Some(t) => {
+                crate::stateful::print_tcp(t);
+                crate::stateful::tcp_verdict(t)
+            }
+            None => Ok(()),
+        };
+    }
     println!("FROZEN");
     let _ = std::io::stdout().flush();
     let mut line = String::new();

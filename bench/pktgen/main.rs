@@ -19,9 +19,13 @@
 //!   through the VIP, data segments with latency stamps, ACKs), and reports set-up rate,
 //!   forwarding rate, loss, latency percentiles and its own checks (see `tcpgen.rs`).
 //! - `bench`: the side-by-side runner: testpmd io and 5tswap against the proxy's established
-//!   flows at 64 B, the proxy at 1500 B and IMIX, rate vs flow-table size (1K..4M), set-up rate
-//!   and memory per flow; a table with ratios and an SVG plot.
-//! - `gen`: the generator/sink process itself (started by the others).
+//!   flows at 64 B (and Open vSwitch's DPDK datapath doing the same NAT with conntrack, when
+//!   installed), the proxy at 1500 B and IMIX, rate vs flow-table size (1K..4M), set-up rate,
+//!   memory per flow, forwarding while 1% and 10% of the flows migrate, overload; a table with
+//!   ratios and an SVG plot.
+//! - `gen`: the generator/sink process itself (started by the others); with `--port-a` and
+//!   `--port-b` it runs alone on a hardware testbed's NICs against the appliance (the stateful
+//!   scenarios, migrations included, through the appliance's control socket).
 //!
 //! Shutdown follows the order memif needs: the generator freezes (stops polling), the forwarder
 //! stops and closes its ports, then the generator exits.
@@ -56,7 +60,8 @@ enum Cmd {
     Tcp(stateful::TcpArgs),
     /// The side-by-side benchmark (testpmd io/5tswap vs the proxy; sizes; flows).
     Bench(stateful::BenchArgs),
-    /// The generator/sink process (internal; started by `compare` and `verify`).
+    /// The generator/sink process: started by the other subcommands on memif, or alone on a
+    /// testbed's NICs (`--port-a`/`--port-b`, e.g. `--mode tcp --migrate-percent 10`).
     Gen(harness::GenArgs),
 }
 

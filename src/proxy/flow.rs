@@ -85,8 +85,12 @@ pub struct LegOptions {
     pub ts: bool,
 }
 
-/// Flag bits of [`Flow::fin`].
+/// Flag bits of [`Flow::fin`]: the FIN exchange, and whether the flow ever changed devices.
 pub mod fin {
+    /// A migration of the flow was started at least once (a migration port was reserved): it
+    /// may have entries in the proxy's device maps, and only such flows are looked up there
+    /// per segment or cleaned from them when removed.
+    pub const MIGRATED: u8 = 16;
     /// The client sent a FIN.
     pub const CLIENT_SENT: u8 = 1;
     /// The server sent a FIN.
@@ -112,7 +116,7 @@ pub struct Flow {
     pub client_mac: [u8; 6],
     /// Tracking state.
     pub state: TcpState,
-    /// FIN bits (see [`fin`]).
+    /// FIN bits and [`fin::MIGRATED`] (see [`fin`]).
     pub fin: u8,
     /// Client's FIN sequence end (valid with `fin::CLIENT_SENT`).
     pub client_fin_end: SeqNumber,
@@ -465,6 +469,12 @@ pub fn server_key(f: &Flow) -> Key {
 }
 
 impl Flow {
+    /// Whether a migration of the flow was ever started ([`fin::MIGRATED`]).
+    #[inline]
+    pub fn moved(&self) -> bool {
+        self.fin & fin::MIGRATED != 0
+    }
+
     /// A new flow in `SynSent`.
     pub fn new(
         client: (u32, u16),

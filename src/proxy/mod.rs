@@ -672,14 +672,18 @@ impl ProxyCore {
             return Verdict::HandOff(owner);
         }
         let is_syn = m.flags.has(TcpFlags::SYN) && !m.flags.has(TcpFlags::ACK);
+        // The flow whose current device this is (most segments end here). A key is in the
+        // index or among `legs`, never both: a device leaves the index when it stops being
+        // its flow's current one, and joins it when it becomes it.
+        let mut idx = self.flows.lookup_hashed(&k, h);
         // A device of a migrating flow other than its current one (the target before the
         // splice, the old device after it): its segments are the engine's business.
-        if !self.legs.is_empty() {
+        if idx.is_none() && !self.legs.is_empty() {
             if let Some(&(slot, gen)) = self.legs.get(&k) {
                 return self.forward_to_server(f, m, slot, gen, false, false);
             }
         }
-        if migration && is_syn {
+        if idx.is_none() && migration && is_syn {
             // The target's SYN on the port reserved for its migration.
             if let Some(&(slot, gen, expect)) = self.mports.get(&m.dport) {
                 // Only the target's address, and only one connection: a second SYN (another
@@ -708,7 +712,6 @@ impl ProxyCore {
                 }
             }
         }
-        let mut idx = self.flows.lookup_hashed(&k, h);
         if let Some(i) = idx {
             // A new SYN on a closed flow's tuple: the client reuses its port; start afresh.
             if is_syn
@@ -736,7 +739,7 @@ impl ProxyCore {
 
     /// The device generation that currently holds flow `slot`.
     fn current_device(&self, slot: u32) -> u32 {
-        if self.current.is_empty() {
+        if self.current.is_empty() || !self.flows.contains(slot) || !self.flows.get(slot).moved() {
             0
         } else {
             self.current.get(&slot).copied().unwrap_or(0)
@@ -1034,8 +1037,12 @@ impl ProxyCore {
     /// connects to the flow's VIP on it, from address `expect` only when given (a SYN from
     /// elsewhere is dropped and counted). `None` when this worker's ports are exhausted.
     pub fn reserve_migration(&mut self, slot: u32, gen: u32, expect: Option<u32>) -> Option<u16> {
+        if !self.flows.contains(slot) {
+            return None;
+        }
         let p = self.mports_free.pop_front()?;
         self.mports.insert(p, (slot, gen, expect));
+        self.flows.get_mut(slot).fin |= fin::MIGRATED;
         Some(p)
     }
 
@@ -1094,7 +1101,8 @@ impl ProxyCore {
 
     /// Forgets the device legs and returns the migration ports of a removed flow.
     fn forget_devices(&mut self, slot: u32) {
-        if self.devices.is_empty() && self.mports.is_empty() {
+        // The removed flow's entry stays readable until its slot is reused.
+        if (self.devices.is_empty() && self.mports.is_empty()) || !self.flows.get(slot).moved() {
             return;
         }
         self.legs.retain(|_, v| v.0 != slot);
