@@ -347,7 +347,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                     burst: cfg.dataplane.burst,
                     drain_tsc,
                     tsc_per_ms: hz / 1000,
-                    engines: (0..cfg.limits.max_flows_per_worker).map(|_| None).collect(),
+                    engines: crate::proxy::arena::Arena::new(
+                        cfg.limits.max_flows_per_worker as usize,
+                        Some(dpdk::advise_hugepages),
+                    ),
                     engine_cfg: cfg.engine_config(),
                     // Cached segments keep their mbufs: at most half of the pool, shared out.
                     budget: Budget::new(cfg.limits.worker_cache_bytes).with_buffers(u64::from(

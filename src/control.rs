@@ -173,7 +173,7 @@ impl FlowFilter {
 /// selects (worker `index`'s answer to [`Command::Flows`]; bounded work, between bursts).
 pub fn flow_page<B: SharedBuf>(
     core: &ProxyCore,
-    engines: &[Option<Box<Engine<B>>>],
+    engines: &crate::proxy::arena::Arena<Engine<B>>,
     index: usize,
     filter: &FlowFilter,
     cursor: u32,
@@ -193,7 +193,7 @@ pub fn flow_page<B: SharedBuf>(
 /// The operator's view of the flow in `slot` of worker `index`, if one lives there.
 pub fn flow_info<B: SharedBuf>(
     core: &ProxyCore,
-    engines: &[Option<Box<Engine<B>>>],
+    engines: &crate::proxy::arena::Arena<Engine<B>>,
     index: usize,
     slot: u32,
 ) -> Option<FlowInfo> {

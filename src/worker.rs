@@ -128,7 +128,7 @@ pub struct ProxyWorker<'p> {
     /// TSC ticks per millisecond.
     pub tsc_per_ms: u64,
     /// The migration engine of each flow, by flow slot (created with the flow's SYN).
-    pub engines: Vec<Option<Box<Engine<Mbuf>>>>,
+    pub engines: crate::proxy::arena::Arena<Engine<Mbuf>>,
     /// The engines' configuration.
     pub engine_cfg: EngineConfig,
     /// What all of this worker's segment caches may hold.
@@ -160,7 +160,7 @@ impl ProxyWorker<'_> {
         for k in &keys[..burst.len()] {
             if let Some(slot) = self.core.prefetch_flow(*k) {
                 if let Some(Some(e)) = self.engines.get(slot as usize) {
-                    dpdk_sys::prefetch0(std::ptr::from_ref(&**e).cast());
+                    dpdk_sys::prefetch0(std::ptr::from_ref(e).cast());
                 }
             }
         }
@@ -199,8 +199,8 @@ impl ProxyWorker<'_> {
     ) {
         let slot = hit.slot as usize;
         if hit.created {
-            if let Some(e) = self.engines.get_mut(slot) {
-                *e = Some(Box::new(Engine::new(self.engine_cfg)));
+            if let Some(e) = self.engines.slot(slot) {
+                *e = Some(Engine::new(self.engine_cfg));
                 x.migration.engines_active += 1;
             }
         }
@@ -452,7 +452,7 @@ impl ProxyWorker<'_> {
             engine_size: std::mem::size_of::<Engine<Mbuf>>() as u64,
             flow_capacity: self.core.flows.capacity() as u64,
             flow_table_bytes: (self.core.flows.memory_bytes()
-                + self.engines.capacity() * std::mem::size_of::<Option<Box<Engine<Mbuf>>>>()
+                + self.engines.directory_bytes()
                 + self.timer_set.capacity()) as u64,
             ..ProxyExtra::default()
         };

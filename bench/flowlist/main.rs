@@ -86,7 +86,8 @@ fn main() -> Result<(), String> {
         );
     let cfg = Config::from_toml(&text, "flowlist").map_err(|e| e.to_string())?;
     let mut core = ProxyCore::new(&cfg, 0, 1, &PORT_MACS, FlowHasher::random(), 0, None)?;
-    let engines: Vec<Option<Box<Engine<Vec<u8>>>>> = Vec::new();
+    let engines: tsmp::proxy::arena::Arena<Engine<Vec<u8>>> =
+        tsmp::proxy::arena::Arena::new(0, None);
 
     let len = tcp_frame_len(
         &TcpFields {

@@ -7,7 +7,9 @@
 --
 -- Pktgen has no TCP state: it cannot complete handshakes, so established-flow forwarding,
 -- latency through established flows and migrations under load need a stateful generator
--- (tsmp-pktgen tcp here, TRex ASTF on hardware: bench/hw/trex-astf-tsmp.py). What it measures:
+-- (TRex ASTF on hardware: bench/hw/trex-astf-tsmp.py; or the built-in one on the NICs,
+-- `tsmp-pktgen gen --mode tcp --port-a <nic0> --port-b <nic1> ...`, which also injects
+-- migrations through the appliance's control socket). What it measures:
 --   setup  flow set-up rate: SYNs from a range of client tuples to the VIP on port 0; every
 --          SYN the appliance accepts leaves port 1 toward the backend, so port 1's rx rate is
 --          the set-up rate (the backend does not answer: flows stay half-open and expire after

@@ -17,8 +17,12 @@
 # Scenarios: established-flow forwarding (size=64 / 1500, cps low, flows high), flow set-up
 # rate (raise cps until `tsmp-cli stats` shows table_full or SYN drops), rate vs flows (flows
 # 1000, 65536, 1000000, 4000000), overload (-m above the measured capacity; drops are the
-# appliance's rx_missed and the drop counters in `tsmp-cli stats`). Migrations under load are
-# started through the control socket (`tsmp-cli migrate`) and are not part of this profile.
+# appliance's rx_missed and the drop counters in `tsmp-cli stats`). Migrations under load need
+# a generator that plays the new device's handshake on the port the appliance names, which
+# TRex cannot: run the built-in generator on the testbed's NICs for those (same addresses):
+#   tsmp-pktgen gen --mode tcp --port-a <nic0> --port-b <nic1> --flows 65536 \
+#       --migrate-percent 10 --control /tmp/tsmp.sock --duration 10 --progress
+# with the appliance's control socket forwarded (ssh -L /tmp/tsmp.sock:/run/tsmp/tsmp.sock).
 # Not run here (no NICs, no TRex on the development machine); kept consistent with tcpgen.rs.
 
 from trex.astf.api import *  # noqa: F401,F403  (TRex's profile API)

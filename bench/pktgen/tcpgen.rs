@@ -218,7 +218,7 @@ pub struct TcpGen {
     pub flows: u32,
     clients: Vec<Client>,
     servers: Vec<Server>,
-    by_peer: hashbrown::HashMap<u64, u32>,
+    by_peer: Peers,
     /// Server-side flows ready to send, in round-robin order.
     ready: Vec<u32>,
     cursor: usize,
@@ -264,7 +264,7 @@ impl TcpGen {
             flows,
             clients: vec![Client::default(); n],
             servers: vec![Server::default(); n],
-            by_peer: hashbrown::HashMap::with_capacity(n),
+            by_peer: Peers::new(n),
             ready: Vec::with_capacity(n),
             cursor: 0,
             next_syn: 0,
@@ -605,7 +605,7 @@ impl TcpGen {
             let s = &mut self.servers[i as usize];
             if s.peer != peer {
                 if s.peer != 0 {
-                    self.by_peer.remove(&s.peer);
+                    self.by_peer.remove(s.peer);
                 }
                 s.peer = peer;
                 self.by_peer.insert(peer, i);
@@ -636,7 +636,7 @@ impl TcpGen {
             let n = write_tcp_frame(f, &ep, &fl, &[]).unwrap_or(0);
             return Reply::Send(pad(f, n));
         }
-        let Some(&i) = self.by_peer.get(&peer) else {
+        let Some(i) = self.by_peer.get(peer) else {
             self.c.unknown += 1;
             return Reply::None;
         };
@@ -708,6 +708,58 @@ impl TcpGen {
         f[28..32].copy_from_slice(&BACKEND);
         self.c.arp_replies += 1;
         Reply::Send(42.max(f.len().min(MIN_FRAME)))
+    }
+}
+
+/// The server side's map from the proxy's SNAT address:port to the flow: a direct table for the
+/// proxy's server-side /24 (every SNAT address of the bench profile; no hashing, one access per
+/// frame even with millions of flows), a hash map for anything else.
+#[derive(Debug)]
+struct Peers {
+    direct: Vec<u32>,
+    other: hashbrown::HashMap<u64, u32>,
+}
+
+const SNAT_NET: u32 = u32::from_be_bytes([198, 19, 0, 0]);
+
+impl Peers {
+    fn new(flows: usize) -> Peers {
+        Peers {
+            direct: vec![u32::MAX; 1 << 24],
+            other: hashbrown::HashMap::with_capacity(flows.min(1 << 16)),
+        }
+    }
+
+    /// Index in `direct` of a peer (address << 16 | port), if it is in the /24.
+    fn slot(peer: u64) -> Option<usize> {
+        let addr = u32::try_from(peer >> 16).ok()?;
+        (addr & 0xffff_ff00 == SNAT_NET)
+            .then_some(((addr as usize & 0xff) << 16) | (peer as usize & 0xffff))
+    }
+
+    fn get(&self, peer: u64) -> Option<u32> {
+        match Self::slot(peer) {
+            Some(k) => Some(self.direct[k]).filter(|&i| i != u32::MAX),
+            None => self.other.get(&peer).copied(),
+        }
+    }
+
+    fn insert(&mut self, peer: u64, i: u32) {
+        match Self::slot(peer) {
+            Some(k) => self.direct[k] = i,
+            None => {
+                self.other.insert(peer, i);
+            }
+        }
+    }
+
+    fn remove(&mut self, peer: u64) {
+        match Self::slot(peer) {
+            Some(k) => self.direct[k] = u32::MAX,
+            None => {
+                self.other.remove(&peer);
+            }
+        }
     }
 }
 
@@ -855,7 +907,9 @@ mod tests {
                 _ => panic!(),
             };
             assert_eq!(
-                g2.by_peer[&(u64::from(u32::from_be_bytes(m.dst)) << 16 | u64::from(m.dport))],
+                g2.by_peer
+                    .get(u64::from(u32::from_be_bytes(m.dst)) << 16 | u64::from(m.dport))
+                    .unwrap(),
                 2
             );
         }

@@ -20,6 +20,7 @@
 //! ([`Verdict::HandOff`]).
 #![forbid(unsafe_code)]
 
+pub mod arena;
 pub mod flow;
 pub mod index;
 
