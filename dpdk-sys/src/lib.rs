@@ -41,3 +41,18 @@ pub fn prefetch0(p: *const u8) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
+
+/// `rte_rdtsc`, inlined: the time-stamp counter. Reading it has no preconditions.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: RDTSC exists on every x86_64 CPU and only reads the counter.
+    unsafe {
+        core::arch::x86_64::_rdtsc()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: the C wrapper of DPDK's rte_rdtsc has no preconditions.
+    unsafe {
+        rte_rdtsc()
+    }
+}

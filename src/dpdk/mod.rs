@@ -399,8 +399,7 @@ pub fn tsc_hz() -> u64 {
 /// The current TSC value.
 #[inline(always)]
 pub fn rdtsc() -> u64 {
-    // SAFETY: reads the time-stamp counter; no preconditions.
-    unsafe { sys::rte_rdtsc() }
+    sys::rdtsc()
 }
 
 /// Asks the kernel to back the 2 MiB-aligned part of `[addr, addr + len)` with transparent huge
