@@ -1273,11 +1273,15 @@ fn plot(
         );
     }
     s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">flows (log)</text>\n<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">Mpps</text>\n", (l + w - r) / 2.0, h - 12.0, h / 2.0, h / 2.0);
+    // The two reference lines: the higher one labelled above, the lower one below (their
+    // rates are often close).
     for (v, name, color) in [
         (io, "dpdk-testpmd io (stateless)", "#999"),
         (swap, "dpdk-testpmd 5tswap (stateless)", "#2ca02c"),
     ] {
-        s += &format!("<line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-dasharray=\"5,4\"/>\n<text x=\"{}\" y=\"{:.1}\" fill=\"{color}\" text-anchor=\"end\">{name}</text>\n", y(v), w - r, y(v), w - r, y(v) - 4.0);
+        let above = v >= io.max(swap);
+        let ty = if above { y(v) - 4.0 } else { y(v) + 14.0 };
+        s += &format!("<line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-dasharray=\"5,4\"/>\n<text x=\"{}\" y=\"{ty:.1}\" fill=\"{color}\" text-anchor=\"end\">{name}</text>\n", y(v), w - r, y(v), w - r);
     }
     for (c, color, name, ty) in [
         (
