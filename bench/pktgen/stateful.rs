@@ -1044,7 +1044,7 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
         let m = fwd_mpps(&t);
         let (table, engine) = bytes_per_flow(&s, n);
         curve.push((n, m));
-        rows.push(Row { scenario: "rate vs flows".into(), forwarder: "tsmp-proxy", frame: "64".into(), flows: u64::from(n), mpps: m, gbps: gb(m, 64.0), extra: format!("set-up {:.2} M/s ({} of {n} in {:.2} s); {:.0} B/flow table + {:.0} B engine; mbufs: {} at most in the caches, {} in use at exit; lost {}", t.setup_rate / 1e6, t.established, t.setup_seconds, table, engine, s["proxy"][0]["migration"]["cache_bufs_peak"], s["mempool_in_use"], t.lost) });
+        rows.push(Row { scenario: "rate vs flows".into(), forwarder: "tsmp-proxy", frame: "64".into(), flows: u64::from(n), mpps: m, gbps: gb(m, 64.0), extra: format!("set-up {:.2} M/s ({} of {n} in {:.2} s); {:.0} B/flow table + {:.0} B engine; mbufs: {} at most in the caches, {} in use at exit; lost {}", t.setup_rate / 1e6, t.established, t.setup_seconds, table, engine, s["proxy"][0]["cache_bufs_peak"], s["mempool_in_use"], t.lost) });
     }
 
     // (3b) Open vSwitch at the same flow counts (conntrack holds two entries per flow).
