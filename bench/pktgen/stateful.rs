@@ -1288,13 +1288,13 @@ fn plot(
             curve,
             "#1f77b4",
             "tsmp-proxy (stateful: full NAT, flow table, per-flow caches)",
-            46.0,
+            205.0,
         ),
         (
             ovs,
             "#d62728",
             "ovs-dpdk (conntrack DNAT + SNAT, same flows)",
-            62.0,
+            221.0,
         ),
     ] {
         if c.is_empty() {
