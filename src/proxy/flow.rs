@@ -246,6 +246,13 @@ impl FlowTable {
         }
     }
 
+    /// The slot of the first entry whose signature matches hash `h`, without comparing keys
+    /// (a prefetch hint: see [`super::ProxyCore::prefetch_flow`]).
+    #[inline(always)]
+    pub fn candidate(&self, h: u64) -> Option<u32> {
+        self.index.find(h, |_| true).map(|v| v >> 1)
+    }
+
     /// Brings flow `idx`'s entry toward the cache.
     #[inline(always)]
     pub fn prefetch_flow(&self, idx: u32) {

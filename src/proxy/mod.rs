@@ -490,12 +490,14 @@ impl ProxyCore {
         Some((k, h))
     }
 
-    /// Second stage of a burst: finds the flow of a key (its bucket is in cache by now) and
-    /// prefetches its entry; returns the flow's slot.
+    /// Second stage of a burst: the flow whose signature matches the key's in its bucket (in
+    /// cache by now), its entry prefetched; returns that slot. The key itself is not compared
+    /// (that would wait for the very entry being prefetched): a rare signature collision only
+    /// prefetches the wrong line, [`ProxyCore::process`] decides.
     #[inline]
     pub fn prefetch_flow(&self, kh: Option<(Key, u64)>) -> Option<u32> {
-        let (k, h) = kh?;
-        let idx = self.flows.lookup_hashed(&k, h)?;
+        let (_, h) = kh?;
+        let idx = self.flows.candidate(h)?;
         self.flows.prefetch_flow(idx);
         Some(idx)
     }
