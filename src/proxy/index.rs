@@ -13,7 +13,7 @@
 //! - signature 0 marks an empty slot (signatures are forced odd);
 //! - every stored value sits in its key's primary or secondary bucket;
 //! - an insert fails only when both buckets are full and no entry of either can move to its own
-//!   other bucket with room (bounded work: at most [`MAX_KICKS`] moves); sized for at most 80%
+//!   other bucket with room (bounded work: at most `MAX_KICKS` moves); sized for at most 80%
 //!   occupancy, with two choices per key this does not happen in practice, and the caller counts
 //!   it when it does.
 //!
@@ -181,7 +181,7 @@ impl FlowIndex {
     }
 
     /// Frees a slot in full bucket `b` by moving entries along their alternative buckets (at
-    /// most [`MAX_KICKS`] moves, undone on failure so the table is unchanged).
+    /// most `MAX_KICKS` moves, undone on failure so the table is unchanged).
     fn make_room(&mut self, b: usize) -> Option<(usize, usize)> {
         let mut path = [(0usize, 0usize); MAX_KICKS];
         let mut cur = b;

@@ -14,10 +14,14 @@
 //!   addresses is answered;
 //! - everything else is dropped with a [`Cause`] that has its own counter.
 //!
-//! Ownership: with `n` workers, the flow of a client tuple belongs to worker
-//! `hash(tuple) % n`, and its SNAT port is chosen with `port % n == owner`, so both directions map
-//! to the owner without any shared state; a packet that arrives at another worker is handed off
-//! ([`Verdict::HandOff`]).
+//! Ownership: with `n` workers, the flow of a client tuple belongs to the worker its keyed hash's
+//! high bits pick (`(hash * n) >> 64`; the flow index uses the low bits), and its SNAT port is
+//! chosen with `port % n == owner`, so both directions map to the owner without any shared
+//! state; a packet that arrives at another worker is handed off ([`Verdict::HandOff`]).
+//!
+//! Bursts: a worker calls [`ProxyCore::prefetch_index`] for every frame of a burst, then
+//! [`ProxyCore::prefetch_flow`] for each, then [`ProxyCore::process`]: the table's cache misses
+//! of a burst overlap (hints only; `process` alone decides).
 #![forbid(unsafe_code)]
 
 pub mod arena;
