@@ -161,8 +161,8 @@ pub struct ProxySnapshot {
     pub flows_active: u64,
     /// Flow-table capacity.
     pub flow_capacity: u64,
-    /// Bytes of the flow table and the per-slot engine pointers, allocated for the capacity
-    /// at start.
+    /// Bytes of the flow table (and the engine arena's directory and the timer flags),
+    /// allocated for the capacity at start.
     pub flow_table_bytes: u64,
     /// Bytes of the live flows' migration engines (the engines' own state; their cached
     /// segments are `cache_bytes`).
@@ -201,7 +201,7 @@ pub struct ProxyExtra {
     pub flows_active: u64,
     /// Flow-table capacity.
     pub flow_capacity: u64,
-    /// Flow table and engine pointers, bytes.
+    /// Flow table, engine arena directory and timer flags, bytes.
     pub flow_table_bytes: u64,
     /// Bytes of one migration engine (`engine_bytes` = this x live engines).
     pub engine_size: u64,

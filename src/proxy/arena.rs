@@ -10,7 +10,7 @@
 //! - lookups are two indexations, no hashing; the cost of a chunk allocation (one 2 MiB-scale
 //!   region) is paid once per `CHUNK` slots.
 
-use super::index::Advise;
+use super::index::{prefaulted, Advise};
 
 /// Slots per chunk.
 pub const CHUNK: usize = 4096;
@@ -51,17 +51,10 @@ impl<T> Arena<T> {
             return None;
         }
         let advise = self.advise;
-        let chunk = self.chunks.get_mut(i / CHUNK)?.get_or_insert_with(|| {
-            let mut v = Vec::with_capacity(CHUNK);
-            if let Some(a) = advise {
-                a(
-                    v.as_ptr() as usize,
-                    CHUNK * std::mem::size_of::<Option<T>>(),
-                );
-            }
-            v.resize_with(CHUNK, || None);
-            v
-        });
+        let chunk = self
+            .chunks
+            .get_mut(i / CHUNK)?
+            .get_or_insert_with(|| prefaulted(CHUNK, || None, advise));
         chunk.get_mut(i % CHUNK)
     }
 

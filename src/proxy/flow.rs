@@ -14,7 +14,7 @@ use super::index::{prefaulted, Advise, FlowHasher, FlowIndex};
 use crate::wire::SeqNumber;
 
 /// A directional 4-tuple as it appears in a packet (source first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key {
     /// Source address.
     pub src: u32,
@@ -155,7 +155,6 @@ pub struct FlowTable {
     wheel: Vec<u32>,
     wheel_tick: u32,
     capacity: u32,
-    index_full: u64,
 }
 
 impl FlowTable {
@@ -170,7 +169,7 @@ impl FlowTable {
         let cap = capacity as usize;
         let blank = Flow::new((0, 0), (0, 0), (0, 0), (0, 0), [0; 6], 0);
         FlowTable {
-            flows: prefaulted(cap, blank, advise),
+            flows: prefaulted(cap, || blank, advise),
             live: vec![false; cap],
             free: (0..capacity).rev().collect(),
             index: FlowIndex::new(cap * 2, advise),
@@ -178,14 +177,7 @@ impl FlowTable {
             wheel: vec![NIL; SLOTS],
             wheel_tick: 0,
             capacity,
-            index_full: 0,
         }
-    }
-
-    /// SYNs refused because the index had no room for a key although the slab had (see
-    /// [`super::index`]: expected to stay 0).
-    pub fn index_full(&self) -> u64 {
-        self.index_full
     }
 
     /// Live flows.
@@ -293,7 +285,6 @@ impl FlowTable {
         self.index.remove(self.hasher.key(&old), idx << 1);
         if !self.index.insert(self.hasher.key(&new), idx << 1) {
             // No room under the new key: keep the flow where it was.
-            self.index_full += 1;
             self.index.insert(self.hasher.key(&old), idx << 1);
             return false;
         }
@@ -325,13 +316,13 @@ impl FlowTable {
             self.hasher.key(&client_key(&f)),
             self.hasher.key(&server_key(&f)),
         );
+        // No room in the index for a key (see `super::index`) fails like a full slab: the
+        // caller counts both as `table_full`.
         if !self.index.insert(hc, idx << 1) {
-            self.index_full += 1;
             return None;
         }
         if !self.index.insert(hs, (idx << 1) | 1) {
             self.index.remove(hc, idx << 1);
-            self.index_full += 1;
             return None;
         }
         self.free.pop();

@@ -46,15 +46,15 @@ const EMPTY: Bucket = Bucket {
 /// `(address, length in bytes)`. The sans-IO core cannot do it itself; the DPDK layer can.
 pub type Advise = fn(usize, usize);
 
-/// Allocates `n` copies of `fill` in one allocation, letting `advise` see the region before any
-/// page of it is touched (so that the first touch faults in huge pages), then writes them all
-/// (the table is resident before the first packet).
-pub fn prefaulted<T: Copy>(n: usize, fill: T, advise: Option<Advise>) -> Vec<T> {
+/// Allocates `n` values made by `fill` in one allocation, letting `advise` see the region
+/// before any page of it is touched (so that the first touch faults in huge pages), then writes
+/// them all (the memory is resident before the first packet).
+pub fn prefaulted<T>(n: usize, fill: impl FnMut() -> T, advise: Option<Advise>) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     if let Some(a) = advise {
         a(v.as_ptr() as usize, n * std::mem::size_of::<T>());
     }
-    v.resize(n, fill);
+    v.resize_with(n, fill);
     v
 }
 
@@ -77,7 +77,7 @@ impl FlowIndex {
         let need = (keys * 10).div_ceil(8 * WAYS).max(2);
         let n = need.next_power_of_two();
         FlowIndex {
-            buckets: prefaulted(n, EMPTY, advise),
+            buckets: prefaulted(n, || EMPTY, advise),
             mask: u32::try_from(n - 1).unwrap_or(u32::MAX),
             len: 0,
         }
@@ -247,7 +247,8 @@ const PI: [u64; 4] = [
 ];
 
 /// The keyed hash of flows (and of the proxy's other tables). One per process, shared by all
-/// workers: a flow's owner is its client key's hash modulo the number of workers.
+/// workers: a flow's owner comes from the high bits of its client key's hash, its index bucket
+/// from the low bits.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowHasher {
     seed: [u64; 2],

@@ -322,11 +322,6 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// The worker a client tuple hashes to (the same keyed hash in every worker and the slow path).
-fn owner_by_hash(hasher: &FlowHasher, workers: usize, k: &Key) -> usize {
-    owner_of_hash(hasher.key(k), workers)
-}
-
 /// The worker of a key hash: from its high bits (a multiply-shift range reduction), so that the
 /// flows of one worker still spread over all buckets of its index (which uses the low bits).
 #[inline(always)]
@@ -481,17 +476,17 @@ impl ProxyCore {
         ticks(self.now_ms)
     }
 
-    /// First stage of a burst: the 4-tuple of a TCP/IPv4 frame and its hash, with the index
-    /// bucket it needs prefetched (`None` for anything else). Call for every frame of a burst,
+    /// First stage of a burst: the hash of a TCP/IPv4 frame's 4-tuple, with the index bucket it
+    /// needs prefetched (`None` for anything else). Call for every frame of a burst,
     /// then [`ProxyCore::prefetch_flow`] for each, then [`ProxyCore::process`]: the cache misses
     /// of the burst's lookups overlap instead of stalling one by one.
     #[inline]
-    pub fn prefetch_index(&self, f: &[u8]) -> Option<(Key, u64)> {
+    pub fn prefetch_index(&self, f: &[u8]) -> Option<u64> {
         let (k, flags) = wire::tuple_of(f)?;
         let h = self.flows.hasher().key(&k);
         let syn = flags & (TcpFlags::SYN | TcpFlags::ACK) == TcpFlags::SYN;
         self.flows.prefetch_bucket(h, syn);
-        Some((k, h))
+        Some(h)
     }
 
     /// Second stage of a burst: the flow whose signature matches the key's in its bucket (in
@@ -499,9 +494,8 @@ impl ProxyCore {
     /// (that would wait for the very entry being prefetched): a rare signature collision only
     /// prefetches the wrong line, [`ProxyCore::process`] decides.
     #[inline]
-    pub fn prefetch_flow(&self, kh: Option<(Key, u64)>) -> Option<u32> {
-        let (_, h) = kh?;
-        let idx = self.flows.candidate(h)?;
+    pub fn prefetch_flow(&self, h: Option<u64>) -> Option<u32> {
+        let idx = self.flows.candidate(h?)?;
         self.flows.prefetch_flow(idx);
         Some(idx)
     }
@@ -632,11 +626,6 @@ impl ProxyCore {
         } else {
             self.snat_addrs.contains(&a)
         }
-    }
-
-    /// The worker that owns the flow of a client tuple.
-    pub fn owner_of_client(&self, k: &Key) -> usize {
-        owner_by_hash(self.flows.hasher(), self.workers, k)
     }
 
     fn client_segment(&mut self, f: &mut [u8], m: &TcpMeta) -> Verdict {
@@ -1037,7 +1026,7 @@ impl ProxyCore {
         client: (u32, u16),
         vip: (u32, u16),
     ) -> usize {
-        owner_by_hash(hasher, workers, &Key::client(client, vip))
+        owner_of_hash(hasher.key(&Key::client(client, vip)), workers)
     }
 
     /// Reserves a migration port for device generation `gen` of flow `slot`: the target

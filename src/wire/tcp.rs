@@ -6,7 +6,7 @@
 //! //# an octet of option-kind, an octet of option-length, and the actual option-data octets.
 
 use super::checksum;
-use super::{SeqNumber, TcpMeta, ETH_LEN};
+use super::{be32, SeqNumber, TcpMeta, ETH_LEN};
 
 const OPT_END: u8 = 0;
 const OPT_NOP: u8 = 1;
@@ -169,7 +169,7 @@ impl<'a> TcpSegmentMut<'a> {
     }
 
     fn write_ip_addr(&mut self, at: usize, new: [u8; 4]) {
-        let old = u32::from_be_bytes([self.f[at], self.f[at + 1], self.f[at + 2], self.f[at + 3]]);
+        let old = be32(self.f, at);
         let newv = u32::from_be_bytes(new);
         self.f[at..at + 4].copy_from_slice(&new);
         let hc = u16::from_be_bytes([self.f[IP_CSUM], self.f[IP_CSUM + 1]]);
@@ -185,11 +185,9 @@ impl<'a> TcpSegmentMut<'a> {
     /// (the NAT's per-packet rewrite; equivalent to the four setters).
     #[inline]
     pub fn set_tuple(&mut self, src: u32, dst: u32, sport: u16, dport: u16) {
-        let rd32 =
-            |f: &[u8], at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
-        let (os, od) = (rd32(self.f, IP + 12), rd32(self.f, IP + 16));
+        let (os, od) = (be32(self.f, IP + 12), be32(self.f, IP + 16));
         let l4 = self.l4;
-        let ports = rd32(self.f, l4);
+        let ports = be32(self.f, l4);
         let addrs = checksum::delta32(os, src) + checksum::delta32(od, dst);
         let tcp = addrs + checksum::delta32(ports, (u32::from(sport) << 16) | u32::from(dport));
         self.f[IP + 12..IP + 16].copy_from_slice(&src.to_be_bytes());
