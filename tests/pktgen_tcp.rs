@@ -7,6 +7,29 @@ mod common;
 /// The generator's DPDK processes use fixed file prefixes: one run at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// One `tsmp-pktgen tcp --json` run through the proxy (one at a time, in its own directory
+/// `name`): its report and its whole output (for assertion messages). Fails the test when the
+/// run fails or prints no report.
+fn tcp_report(name: &str, args: &[&str]) -> (serde_json::Value, String) {
+    common::require_root();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = common::TempDir::new(name);
+    let args: Vec<&str> = ["tcp"]
+        .iter()
+        .chain(args)
+        .chain(&["--json"])
+        .copied()
+        .collect();
+    let (ok, text) = common::pktgen(&args, &dir.0);
+    assert!(ok, "tcp run failed:\n{text}");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("REPORT "))
+        .unwrap_or_else(|| panic!("no report:\n{text}"));
+    let r = serde_json::from_str(line).unwrap();
+    (r, text)
+}
+
 /// The stateful generator's own correctness, through the proxy at a low rate: every flow
 /// completes its handshake through the VIP (the SYN seen at the backend side, the SYN-ACK and
 /// the ACK back), every received frame is checked (IPv4 and TCP checksums, known flow,
@@ -14,12 +37,9 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// proxy's own counters agree on the flows.
 #[test]
 fn stateful_generator_runs_tcp_flows_through_the_proxy() {
-    common::require_root();
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = common::TempDir::new("tcpgen");
-    let (ok, text) = common::pktgen(
+    let (r, text) = tcp_report(
+        "tcpgen",
         &[
-            "tcp",
             "--flows",
             "300",
             "--sizes",
@@ -30,16 +50,8 @@ fn stateful_generator_runs_tcp_flows_through_the_proxy() {
             "1",
             "--check-every",
             "1",
-            "--json",
         ],
-        &dir.0,
     );
-    assert!(ok, "tcp run failed:\n{text}");
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("REPORT "))
-        .unwrap_or_else(|| panic!("no report:\n{text}"));
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
     let t = &r["total"];
     assert_eq!(r["established"], 300, "{text}");
     assert_eq!(
@@ -88,12 +100,9 @@ fn stateful_generator_runs_tcp_flows_through_the_proxy() {
 /// flows keep forwarding, and the proxy's own migration log agrees.
 #[test]
 fn migrations_injected_under_load_complete_without_loss() {
-    common::require_root();
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = common::TempDir::new("tcpgen-mig");
-    let (ok, text) = common::pktgen(
+    let (r, text) = tcp_report(
+        "tcpgen-mig",
         &[
-            "tcp",
             "--flows",
             "200",
             "--rate",
@@ -104,16 +113,8 @@ fn migrations_injected_under_load_complete_without_loss() {
             "1",
             "--migrate-percent",
             "10",
-            "--json",
         ],
-        &dir.0,
     );
-    assert!(ok, "tcp run failed:\n{text}");
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("REPORT "))
-        .unwrap_or_else(|| panic!("no report:\n{text}"));
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
     let t = &r["total"];
     let m = &r["migrations"];
     assert_eq!(m["chosen"], 20, "{text}");

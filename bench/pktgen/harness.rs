@@ -522,17 +522,6 @@ impl FwdChild {
             }
         ));
         let stats = dir.join("proxy-stats.json");
-        if kind == Forwarder::OvsDpdk {
-            let (o, child) = crate::ovs::Ovs::start(dir, &log, no_huge)?;
-            return Ok(FwdChild {
-                kind,
-                child,
-                stdin: None,
-                log,
-                stats,
-                ovs: Some(o),
-            });
-        }
         let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = match kind {
@@ -569,7 +558,17 @@ impl FwdChild {
                 ]);
                 c
             }
-            Forwarder::OvsDpdk => unreachable!("started above"),
+            Forwarder::OvsDpdk => {
+                let (o, child) = crate::ovs::Ovs::start(dir, (out, err), no_huge)?;
+                return Ok(FwdChild {
+                    kind,
+                    child,
+                    stdin: None,
+                    log,
+                    stats,
+                    ovs: Some(o),
+                });
+            }
             Forwarder::Tsmp | Forwarder::TsmpProxy => {
                 let cfg = bench_config(config, dir)?;
                 let mut c = Command::new(proxy_exe()?);
@@ -668,30 +667,6 @@ impl FwdChild {
     }
 }
 
-/// One measured run: generator + forwarder; the forwarder's busy cycles per packet.
-fn run_once(
-    kind: Forwarder,
-    dir: &Path,
-    config: &Path,
-    gen_args: &[String],
-    no_huge: bool,
-) -> Res<(GenResult, f64)> {
-    let (r, (c, _)) = run_once_full(kind, dir, config, gen_args, no_huge)?;
-    Ok((r, c))
-}
-
-/// One measured run; the forwarder's final counters (tsmp-proxy's `--stats-json`).
-pub(crate) fn run_once_stats(
-    kind: Forwarder,
-    dir: &Path,
-    config: &Path,
-    gen_args: &[String],
-    no_huge: bool,
-) -> Res<(GenResult, serde_json::Value)> {
-    let (r, (_, v)) = run_once_full(kind, dir, config, gen_args, no_huge)?;
-    Ok((r, v))
-}
-
 /// A stateless rate run of `size`-byte frames A -> B.
 pub(crate) fn rate_run(
     kind: Forwarder,
@@ -712,16 +687,19 @@ pub(crate) fn rate_run(
     if no_huge {
         gen_args.push("--no-huge".to_owned());
     }
-    run_once(kind, dir, config, &gen_args, no_huge)
+    let (r, cycles, _) = run_once(kind, dir, config, &gen_args, no_huge)?;
+    Ok((r, cycles))
 }
 
-fn run_once_full(
+/// One measured run: generator + forwarder; what the generator saw, the forwarder's busy cycles
+/// per packet and its final counters (tsmp-proxy's `--stats-json`, Open vSwitch's figures).
+pub(crate) fn run_once(
     kind: Forwarder,
     dir: &Path,
     config: &Path,
     gen_args: &[String],
     no_huge: bool,
-) -> Res<(GenResult, (f64, serde_json::Value))> {
+) -> Res<(GenResult, f64, serde_json::Value)> {
     let _ = std::fs::remove_file(dir.join("a.sock"));
     let _ = std::fs::remove_file(dir.join("b.sock"));
     let mut g = GenChild::spawn(dir, gen_args)?;
@@ -735,7 +713,7 @@ fn run_once_full(
     let res = g.expect("RESULT ", Duration::from_secs(900));
     let frozen = res.is_ok() && g.expect("FROZEN", Duration::from_secs(10)).is_ok();
     // Order matters for memif: generator frozen, forwarder stopped, then the generator exits.
-    let cycles = f.stop();
+    let stopped = f.stop();
     g.finish();
     let line = res?;
     if !frozen {
@@ -743,7 +721,8 @@ fn run_once_full(
     }
     let r: GenResult =
         serde_json::from_str(line.trim_start_matches("RESULT ")).map_err(|e| e.to_string())?;
-    Ok((r, cycles?))
+    let (cycles, stats) = stopped?;
+    Ok((r, cycles, stats))
 }
 
 fn default_config() -> PathBuf {
@@ -795,7 +774,7 @@ pub fn verify(a: &VerifyArgs) -> Res<()> {
     if a.harness.no_huge {
         gen_args.push("--no-huge".to_owned());
     }
-    let (r, _) = run_once(
+    let (r, _, _) = run_once(
         Forwarder::Tsmp,
         &dir,
         &a.harness.config,

@@ -87,8 +87,13 @@ impl Ovs {
 
     /// Creates the database, starts its server, configures DPDK, the bridge and the two memif
     /// ports (clients of the generator's sockets `<dir>/a.sock`, `<dir>/b.sock`), and starts
-    /// ovs-vswitchd-dpdk as a child writing to `log`; returns once the flows are installed.
-    pub fn start(work: &Path, log: &Path, no_huge: bool) -> Res<(Ovs, Child)> {
+    /// ovs-vswitchd-dpdk as a child writing to `out` and `err`; returns once the flows are
+    /// installed.
+    pub fn start(
+        work: &Path,
+        (out, err): (std::fs::File, std::fs::File),
+        no_huge: bool,
+    ) -> Res<(Ovs, Child)> {
         if !available() {
             return Err(format!(
                 "{VSWITCHD} not found: apt-get install openvswitch-switch-dpdk"
@@ -188,8 +193,6 @@ impl Ovs {
             mb.as_str(),
         ]);
         o.run("ovs-vsctl", &args)?;
-        let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
         let child = o
             .cmd(VSWITCHD)
             .arg(format!("unix:{}", p("db.sock")))

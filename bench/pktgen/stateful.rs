@@ -669,15 +669,22 @@ pub fn tcp(a: &TcpArgs) -> Res<()> {
             stats["cycles_per_packet"].as_f64().unwrap_or(f64::NAN),
             stats["conntrack_entries"]
         );
-        return tcp_verdict(&t);
+    } else {
+        print_proxy(&stats, a.tcp.flows);
     }
-    let (table, engine) = bytes_per_flow(&stats, a.tcp.flows);
+    let _ = std::fs::remove_dir_all(&dir);
+    tcp_verdict(&t)
+}
+
+/// The proxy's side of a stateful run, from its final counters.
+fn print_proxy(stats: &serde_json::Value, flows: u32) {
+    let (table, engine) = bytes_per_flow(stats, flows);
     println!(
         "proxy worker: {:.1} busy cycles per packet (its capacity on this core: {:.2} Mpps)",
         stats["workers"][0]["cycles_per_packet"]
             .as_f64()
             .unwrap_or(f64::NAN),
-        capacity_mpps(&stats)
+        capacity_mpps(stats)
     );
     let p = &stats["proxy"][0];
     println!(
@@ -685,8 +692,6 @@ pub fn tcp(a: &TcpArgs) -> Res<()> {
         p["flows_created"], p["flows_active"], table, engine, stats["mempool_in_use"], p["drops"],
         stats["workers"][0]["rx_pkts"], stats["workers"][0]["tx_pkts"], stats["workers"][0]["tx_dropped"], stats["ports"]
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    tcp_verdict(&t)
 }
 
 /// The generator's side of a stateful run, in words.
@@ -845,7 +850,7 @@ pub fn tcp_run(
         // Open vSwitch gives each of its threads a tx queue (its PMD's is the second).
         gen_args.extend(["--rx-queues".to_owned(), "2".to_owned()]);
     }
-    let (r, stats) = harness::run_once_stats(kind, dir, config, &gen_args, no_huge)?;
+    let (r, _, stats) = harness::run_once(kind, dir, config, &gen_args, no_huge)?;
     let t = r.tcp.ok_or("the generator returned no TCP report")?;
     Ok((t, stats))
 }
@@ -1096,11 +1101,9 @@ pub fn bench(a: &BenchArgs) -> Res<()> {
             let (t, s) = tcp_run(&dir, &a.proxy_config, &o, a.duration, nh)?;
             capacity[k].push(capacity_mpps(&s));
             let others = f64::from(nm) - t.migrations.chosen as f64;
-            let pf = t.migrations.others_pps.max(if pct == 0.0 {
-                t.window.data_received as f64 / t.seconds
-            } else {
-                0.0
-            }) / others.max(1.0);
+            // Without migrations every flow is one of the others (run_tcp sets others_pps
+            // whatever the percentage).
+            let pf = t.migrations.others_pps / others.max(1.0);
             eprintln!(
                 "  migrating {pct}% round {round}: {:.3} Mpps forwarded, {pf:.0} pps per flow not migrating, {} of {} migrations completed",
                 fwd_mpps(&t),

@@ -306,25 +306,8 @@ impl TcpGen {
     /// proxy's MAC is known.
     pub fn target_syn(&mut self, i: u32, mport: u16, out: &mut [u8]) -> Option<usize> {
         let dst_mac = self.proxy_a?;
-        let (ip, port) = target_of(i);
         self.c.migration_syns += 1;
-        let ep = Endpoints {
-            src_mac: self.mac_a,
-            dst_mac,
-            src: ip,
-            dst: VIP,
-            sport: port,
-            dport: mport,
-        };
-        let f = TcpFields {
-            seq: SeqNumber(isn(i)),
-            flags: TcpFlags::SYN,
-            window: WINDOW,
-            mss: Some(1460),
-            ..TcpFields::default()
-        };
-        let n = write_tcp_frame(out, &ep, &f, &[]).unwrap_or(0);
-        Some(pad(out, n))
+        Some(self.syn_frame(i, target_of(i), mport, dst_mac, out))
     }
 
     /// Handshakes completed.
@@ -371,16 +354,27 @@ impl TcpGen {
     }
 
     fn syn(&mut self, i: u32, dst_mac: [u8; 6], out: &mut [u8]) -> usize {
-        let (ip, port) = client_of(i);
         self.clients[i as usize].state = 1;
         self.c.syns += 1;
+        self.syn_frame(i, client_of(i), VIP_PORT, dst_mac, out)
+    }
+
+    /// A SYN of flow `i` (its ISN, MSS 1460) from `(ip, port)` to the VIP's `dport`.
+    fn syn_frame(
+        &self,
+        i: u32,
+        (ip, port): ([u8; 4], u16),
+        dport: u16,
+        dst_mac: [u8; 6],
+        out: &mut [u8],
+    ) -> usize {
         let ep = Endpoints {
             src_mac: self.mac_a,
             dst_mac,
             src: ip,
             dst: VIP,
             sport: port,
-            dport: VIP_PORT,
+            dport,
         };
         let f = TcpFields {
             seq: SeqNumber(isn(i)),
@@ -389,10 +383,8 @@ impl TcpGen {
             mss: Some(1460),
             ..TcpFields::default()
         };
-        {
-            let n = write_tcp_frame(out, &ep, &f, &[]).unwrap_or(0);
-            pad(out, n)
-        }
+        let n = write_tcp_frame(out, &ep, &f, &[]).unwrap_or(0);
+        pad(out, n)
     }
 
     /// Builds the next data segment of the server side into `out` (round robin over the
