@@ -278,9 +278,7 @@ fn percentiles(h: &Histogram<u64>) -> [u64; 5] {
 /// the ports take it) with a warm-up, a measurement window and a drain.
 pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenResult> {
     let o = &a.tcp;
-    if o.flows == 0 || o.flows > MAX_FLOWS {
-        return Err(format!("--flows {}: 1..={MAX_FLOWS}", o.flows));
-    }
+    o.check()?;
     let [pa, pb] = ports else {
         return Err("the TCP mode needs two ports".into());
     };
@@ -293,17 +291,16 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
     );
     g.check_every = o.check_every.max(1);
     let q = |e: tsmp::dpdk::Error| e.to_string();
+    let rx = |p| {
+        (0..a.rx_queues)
+            .map(|i| Port::rx_queue(p, i))
+            .collect::<Result<_, _>>()
+    };
     let mut w = Wire {
         g,
-        rxa: (0..a.rx_queues)
-            .map(|i| pa.rx_queue(i))
-            .collect::<Result<_, _>>()
-            .map_err(q)?,
+        rxa: rx(pa).map_err(q)?,
         txa: pa.tx_queue(0).map_err(q)?,
-        rxb: (0..a.rx_queues)
-            .map(|i| pb.rx_queue(i))
-            .collect::<Result<_, _>>()
-            .map_err(q)?,
+        rxb: rx(pb).map_err(q)?,
         txb: pb.tx_queue(0).map_err(q)?,
         burst: Burst::default(),
         hist: Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
@@ -408,13 +405,7 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
 
     // Migrations: the chosen flows, evenly spread over the flow indices; the operator thread
     // requests them over the first 80% of the window, the loop plays their new devices.
-    if !(0.0..=100.0).contains(&o.migrate_percent) {
-        return Err(format!(
-            "--migrate-percent {}: give a percentage of the flows, 0..=100",
-            o.migrate_percent
-        ));
-    }
-    // In range: 0..=flows after the check above.
+    // In range: 0..=flows (TcpOptions::check).
     #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
     let n_mig = (f64::from(o.flows) * o.migrate_percent / 100.0).round() as u32;
     let chosen: Vec<u32> = (0..n_mig)
@@ -619,6 +610,25 @@ impl TcpOptions {
             migrate_percent: 0.0,
             ovs: false,
         }
+    }
+
+    /// Refuses what no run can do, before anything starts.
+    fn check(&self) -> Res<()> {
+        if self.flows == 0 || self.flows > MAX_FLOWS {
+            return Err(format!("--flows {}: 1..={MAX_FLOWS}", self.flows));
+        }
+        if !(0.0..=100.0).contains(&self.migrate_percent) {
+            return Err(format!(
+                "--migrate-percent {}: give a percentage of the flows, 0..=100",
+                self.migrate_percent
+            ));
+        }
+        if self.ovs && self.migrate_percent > 0.0 {
+            return Err(
+                "--migrate-percent needs the proxy: Open vSwitch does not migrate flows".into(),
+            );
+        }
+        Ok(())
     }
 
     /// The same options on the generator process's command line.
@@ -836,11 +846,7 @@ pub fn tcp_run(
     if no_huge {
         gen_args.push("--no-huge".to_owned());
     }
-    if o.ovs && o.migrate_percent > 0.0 {
-        return Err(
-            "--migrate-percent needs the proxy: Open vSwitch does not migrate flows".into(),
-        );
-    }
+    o.check()?;
     let kind = if o.ovs {
         Forwarder::OvsDpdk
     } else {
