@@ -238,36 +238,32 @@ impl Ovs {
 
     /// The PMD thread's processing cycles per packet (`dpif-netdev/pmd-stats-show`).
     pub fn cycles_per_packet(&self) -> f64 {
-        let Ok(ctl) = self.ctl() else {
-            return f64::NAN;
-        };
-        let out = self
-            .run("ovs-appctl", &["-t", &ctl, "dpif-netdev/pmd-stats-show"])
-            .unwrap_or_default();
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix("avg processing cycles per packet:"))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
+        self.appctl("dpif-netdev/pmd-stats-show")
+            .and_then(|out| {
+                out.lines()
+                    .find_map(|l| l.trim().strip_prefix("avg processing cycles per packet:"))
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(f64::NAN)
     }
 
     /// Conntrack entries (`dpctl/ct-get-nconns`), to check the NAT saw the flows.
     pub fn conntrack_entries(&self) -> usize {
-        let Ok(ctl) = self.ctl() else { return 0 };
-        self.run("ovs-appctl", &["-t", &ctl, "dpctl/ct-get-nconns"])
-            .ok()
+        self.appctl("dpctl/ct-get-nconns")
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     }
 
-    fn ctl(&self) -> Res<String> {
-        let pid = std::fs::read_to_string(self.dir.join("ovs-vswitchd.pid"))
-            .map_err(|e| e.to_string())?;
-        Ok(self
+    /// The running switch's answer to an `ovs-appctl` command (through its control socket,
+    /// named by its pid); `None` when it cannot be asked.
+    fn appctl(&self, command: &str) -> Option<String> {
+        let pid = std::fs::read_to_string(self.dir.join("ovs-vswitchd.pid")).ok()?;
+        let ctl = self
             .dir
-            .join(format!("ovs-vswitchd-dpdk.{}.ctl", pid.trim()))
-            .display()
-            .to_string())
+            .join(format!("ovs-vswitchd-dpdk.{}.ctl", pid.trim()));
+        self.run("ovs-appctl", &["-t", &ctl.display().to_string(), command])
+            .ok()
     }
 }
 
