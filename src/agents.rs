@@ -31,12 +31,12 @@ use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
 use crate::control::{describe_event, tuple, MigrateRequest, Migrating, Workers};
-use crate::migrate::engine::Event;
-use crate::msg::{
+use tsmp_core::migrate::engine::Event;
+use tsmp_proto::msg::{
     self, now_ms, read_sealed, Body, FrameError, Freshness, Mfr, MfrReply, Mtr, Outcome, Reason,
     Status,
 };
-use crate::names::{DeviceId, DeviceRecord, NameError, Resolver};
+use tsmp_proto::names::{DeviceId, DeviceRecord, NameError, Resolver};
 
 /// Control-plane counters.
 #[derive(Debug, Default)]
@@ -87,7 +87,7 @@ impl AgentCounters {
             mfr_refused: Reason::ALL
                 .iter()
                 .filter(|r| g(&self.refused[r.index()]) > 0)
-                .map(|r| (r.name(), g(&self.refused[r.index()])))
+                .map(|r| (r.name().to_owned(), g(&self.refused[r.index()])))
                 .collect(),
             mtr_sent: g(&self.mtr_sent),
             mtr_failed: g(&self.mtr_failed),

@@ -17,12 +17,13 @@ use crate::control::{
     describe_event, CommandRings, ControlServer, EventRing, Live, MigrationLog, OperatorMigrate,
     UserAddresses, Workers,
 };
-use crate::dpdk::{self, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
-use crate::migrate::cache::Budget;
-use crate::proxy::ProxyCore;
 use crate::stats::{ProxyCounters, ProxySnapshot};
 use crate::stats::{WorkerCounters, WorkerSnapshot};
 use crate::worker::{HandoffRings, NeighbourRings, Passthrough, ProxyWorker, RxPath};
+use tsmp_core::dataplane::Dataplane;
+use tsmp_core::migrate::cache::Budget;
+use tsmp_core::proxy::ProxyCore;
+use tsmp_dpdk::{self as dpdk, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
 
 /// Options that are not part of the configuration file.
 #[derive(Debug, Clone, Default)]
@@ -220,7 +221,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         .collect();
     let macs: Vec<[u8; 6]> = ports.iter().map(|p| p.info().mac).collect();
     let port_ids: Vec<dpdk::PortId> = ports.iter().map(Port::id).collect();
-    let hasher = crate::proxy::FlowHasher::random();
+    let hasher = tsmp_core::proxy::FlowHasher::random();
     let commands: CommandRings = (0..nw)
         .map(|_| Arc::new(crossbeam_queue::ArrayQueue::new(64)))
         .collect();
@@ -268,8 +269,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     let mut agents = match (cfg.dataplane.mode, cfg.control.agents, cfg.control.names) {
         (Mode::Proxy, Some(listen), Some(names)) => {
             let key =
-                crate::msg::load_or_create_key(&cfg.control.key).map_err(AppError::Control)?;
-            let zone = crate::names::zone(&cfg.control.zone)
+                tsmp_proto::msg::load_or_create_key(&cfg.control.key).map_err(AppError::Control)?;
+            let zone = tsmp_proto::names::zone(&cfg.control.zone)
                 .map_err(|e| AppError::Control(e.to_string()))?;
             let plane = AgentPlane::bind(
                 AgentSettings {
@@ -326,46 +327,42 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                 for a in &assignments[i] {
                     rx.push((ports[a.port].rx_queue(a.queue)?, a.port));
                 }
+                let settings = cfg.proxy_settings(&macs).map_err(AppError::Proxy)?;
                 let mut core =
-                    ProxyCore::new(cfg, i, nw, &macs, hasher, 0, Some(dpdk::advise_hugepages))
-                        .map_err(AppError::Proxy)?;
+                    ProxyCore::new(&settings, i, nw, hasher, 0, Some(dpdk::advise_hugepages));
                 if let Some((xp, mac, kmac)) = exception {
                     core.set_exception(xp, mac, kmac);
                     if i == 0 {
                         rx.push((ports[xp].rx_queue(0)?, xp));
                     }
                 }
-                let pw = ProxyWorker {
+                // Cached segments keep their mbufs: at most half of the pool, shared out.
+                let budget = Budget::new(cfg.limits.worker_cache_bytes).with_buffers(u64::from(
+                    cfg.mempool.mbufs / 2 / u32::try_from(cfg.workers.len()).unwrap_or(1).max(1),
+                ));
+                let dp = Dataplane::new(
                     core,
+                    i,
+                    cfg.engine_config(),
+                    budget,
+                    Some(dpdk::advise_hugepages),
+                );
+                let pw = ProxyWorker {
+                    dp,
                     rx,
                     tx,
                     port_ids: port_ids.clone(),
                     pool: &pool,
-                    index: i,
                     handoff: handoff.clone(),
                     neighbours: neighbours.clone(),
                     burst: cfg.dataplane.burst,
                     drain_tsc,
                     tsc_per_ms: hz / 1000,
-                    engines: crate::proxy::arena::Arena::new(
-                        cfg.limits.max_flows_per_worker as usize,
-                        Some(dpdk::advise_hugepages),
-                    ),
-                    engine_cfg: cfg.engine_config(),
-                    // Cached segments keep their mbufs: at most half of the pool, shared out.
-                    budget: Budget::new(cfg.limits.worker_cache_bytes).with_buffers(u64::from(
-                        cfg.mempool.mbufs
-                            / 2
-                            / u32::try_from(cfg.workers.len()).unwrap_or(1).max(1),
-                    )),
-                    now_us: 0,
                     // 1 cycle .. 2^40 cycles (minutes), 2 significant digits: a few KiB.
                     burst_cycles: hdrhistogram::Histogram::new_with_bounds(1, 1 << 40, 2)
                         .map_err(|e| AppError::Control(format!("burst histogram: {e}")))?,
                     commands: commands[i].clone(),
                     events: events.clone(),
-                    timers: Vec::with_capacity(1024),
-                    timer_set: vec![false; cfg.limits.max_flows_per_worker as usize],
                 };
                 let pc = &proxy_counters[i];
                 jobs.push((LcoreId(w.lcore), Box::new(move || pw.run(stop, c, pc))));
@@ -466,7 +463,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
             }
             while let Some((w, flow, ev)) = events.pop() {
                 println!("migration worker={w} flow={flow} {}", describe_event(&ev));
-                log.on_event(w, flow, &ev, crate::msg::now_ms());
+                log.on_event(w, flow, &ev, tsmp_proto::msg::now_ms());
                 if let Some(a) = agents.as_mut() {
                     a.on_event(w, flow, ev);
                 }
@@ -634,7 +631,7 @@ fn register_telemetry(
     control: &Arc<AgentCounters>,
     workers: Option<Workers>,
 ) -> Result<(), AppError> {
-    use crate::dpdk::{register_telemetry as reg, TelValue};
+    use tsmp_dpdk::{register_telemetry as reg, TelValue};
     let (c, p, a) = (counters.clone(), proxy.clone(), control.clone());
     reg(
         "/tsmp/stats",

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use tsmp_core::proxy::{ProxySettings, ServiceSettings, SideSettings};
 
 use serde::Deserialize;
 
@@ -1102,7 +1103,7 @@ impl Config {
                         .into(),
                 );
             }
-            if let Err(e) = crate::names::zone(&c.zone) {
+            if let Err(e) = tsmp_proto::names::zone(&c.zone) {
                 return err("control.zone", e.to_string());
             }
             if !(1..=1024).contains(&c.max_agent_connections) {
@@ -1167,9 +1168,9 @@ fn is_pci_address(s: &str) -> bool {
 impl Config {
     /// The migration engine's configuration: `[migration]` plus the deadline and cache sizes
     /// from `[limits]`.
-    pub fn engine_config(&self) -> crate::migrate::engine::EngineConfig {
-        use crate::migrate::engine::EngineConfig;
-        use crate::migrate::sender::SenderConfig;
+    pub fn engine_config(&self) -> tsmp_core::migrate::engine::EngineConfig {
+        use tsmp_core::migrate::engine::EngineConfig;
+        use tsmp_core::migrate::sender::SenderConfig;
         let (l, m) = (&self.limits, &self.migration);
         EngineConfig {
             flow_cache_bytes: u64::from(l.flow_cache_bytes),
@@ -1184,5 +1185,87 @@ impl Config {
             replay_timeouts: u64::from(m.replay_timeouts),
             fin_retries: m.fin_retries,
         }
+    }
+
+    /// What a proxy worker's core is built from: the client and server sides (with the ports'
+    /// MAC addresses `macs`, by port index), services, SNAT, migration ports and limits.
+    ///
+    /// # Errors
+    /// Not a proxy-mode configuration (`validate` catches this first, with the fix).
+    pub fn proxy_settings(&self, macs: &[[u8; 6]]) -> Result<ProxySettings, String> {
+        let d = &self.dataplane;
+        let side = |name: &Option<String>| -> Result<SideSettings, String> {
+            let n = name
+                .as_deref()
+                .ok_or("proxy mode needs client_port and server_port under [dataplane]")?;
+            let port = self
+                .ports
+                .iter()
+                .position(|p| p.name == n)
+                .ok_or_else(|| format!("no [[port]] named `{n}`"))?;
+            let cidr = self.ports[port]
+                .ip
+                .as_deref()
+                .ok_or_else(|| format!("port `{n}` needs an `ip` (CIDR) in proxy mode"))?;
+            let (ip, prefix_len) = parse_cidr(cidr)?;
+            Ok(SideSettings {
+                port,
+                mac: *macs
+                    .get(port)
+                    .ok_or_else(|| format!("no MAC address for port `{n}`"))?,
+                ip,
+                prefix_len,
+                gateway: self.ports[port].gateway,
+            })
+        };
+        let l = &self.limits;
+        Ok(ProxySettings {
+            client: side(&d.client_port)?,
+            server: side(&d.server_port)?,
+            services: self
+                .services
+                .iter()
+                .map(|s| ServiceSettings {
+                    vip: s.vip,
+                    port: s.port,
+                    backend: s.backend,
+                    backend_port: s.backend_port,
+                })
+                .collect(),
+            snat_addresses: self.snat.addresses.clone(),
+            snat_ports: (self.snat.port_min, self.snat.port_max),
+            migration_ports: (self.migration.port_min, self.migration.port_max),
+            mss_clamp: d.mss_clamp,
+            max_flows: l.max_flows_per_worker,
+            max_neighbours: l.max_neighbours,
+            timeout_syn_s: l.timeout_syn_s,
+            timeout_established_s: l.timeout_established_s,
+            timeout_fin_s: l.timeout_fin_s,
+            timeout_close_s: l.timeout_close_s,
+            timeout_jitter_ms: l.timeout_jitter_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_the_cores_lab_topology() {
+        let macs = [[2, 0, 0, 0, 0, 0xa0], [2, 0, 0, 0, 0, 0xa1]];
+        let cfg = Config::from_toml(EMBEDDED_DEFAULT, "default").unwrap();
+        assert_eq!(
+            cfg.proxy_settings(&macs).unwrap(),
+            ProxySettings::lab(macs),
+            "dpdk-config/default.toml and ProxySettings::lab (the simulations' topology) differ"
+        );
+    }
+
+    #[test]
+    fn proxy_settings_name_what_is_missing() {
+        let cfg = Config::from_toml(EMBEDDED_DEFAULT, "default").unwrap();
+        let e = cfg.proxy_settings(&[[0; 6]]).unwrap_err();
+        assert!(e.contains("no MAC address for port `server`"), "{e}");
     }
 }

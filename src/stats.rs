@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
+pub use tsmp_core::dataplane::{DataplaneStats, MigrationCounters};
 
 /// Counters of one worker, cache-line aligned.
 #[derive(Debug, Default)]
@@ -101,7 +102,7 @@ impl WorkerCounters {
 #[derive(Debug)]
 #[repr(align(64))]
 pub struct ProxyCounters {
-    drops: [AtomicU64; crate::proxy::CAUSES],
+    drops: [AtomicU64; tsmp_core::proxy::CAUSES],
     flows_created: AtomicU64,
     flows_closed: AtomicU64,
     flows_active: AtomicU64,
@@ -194,32 +195,9 @@ pub struct ProxySnapshot {
     pub migration: MigrationCounters,
 }
 
-/// Values a proxy worker publishes, besides the core's own statistics.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProxyExtra {
-    /// Flows in the table.
-    pub flows_active: u64,
-    /// Flow-table capacity.
-    pub flow_capacity: u64,
-    /// Flow table, engine arena directory and timer flags, bytes.
-    pub flow_table_bytes: u64,
-    /// Bytes of one migration engine (`engine_bytes` = this x live engines).
-    pub engine_size: u64,
-    /// Frames received from other workers.
-    pub handoffs_in: u64,
-    /// Hand-off ring full.
-    pub handoff_ring_full: u64,
-    /// SNAT ports free.
-    pub snat_ports_free: u64,
-    /// Mbuf allocation failures.
-    pub mempool_exhausted: u64,
-    /// The migration engines.
-    pub migration: MigrationCounters,
-}
-
 impl ProxyCounters {
     /// Publishes (owning worker only).
-    pub fn publish(&self, s: &crate::proxy::ProxyStats, x: &ProxyExtra) {
+    pub fn publish(&self, s: &tsmp_core::proxy::ProxyStats, x: &DataplaneStats) {
         for (a, v) in self.drops.iter().zip(s.drops.iter()) {
             a.store(*v, Relaxed);
         }
@@ -248,7 +226,7 @@ impl ProxyCounters {
 
     /// A snapshot.
     pub fn snapshot(&self) -> ProxySnapshot {
-        let names = crate::proxy::Cause::names();
+        let names = tsmp_core::proxy::Cause::names();
         ProxySnapshot {
             drops: names
                 .iter()
@@ -280,70 +258,6 @@ impl ProxyCounters {
     }
 }
 
-/// The migration engines' counters of one worker.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct MigrationCounters {
-    /// Flows with a migration engine.
-    pub engines_active: u64,
-    /// Payload bytes the segment caches hold (rolling and pause caches).
-    pub cache_bytes: u64,
-    /// Buffers (mbufs) the segment caches hold.
-    pub cache_bufs: u64,
-    /// The most buffers the caches held at once (sampled between bursts).
-    pub cache_bufs_peak: u64,
-    /// Segments a rolling cache could not hold (worker or flow limit).
-    pub cache_overflow: u64,
-    /// Segments the engines originated (ACKs, replay, handshakes).
-    pub engine_emitted: u64,
-    /// Migrations started (the server frozen).
-    pub migrations_started: u64,
-    /// Migrations completed (a new device holds the flow).
-    pub migrations_done: u64,
-    /// Migrations cancelled (the flow went back to the old device).
-    pub migrations_cancelled: u64,
-    /// Migrations that ended in a reset of both ends.
-    pub migrations_reset: u64,
-}
-
-impl MigrationCounters {
-    /// Number of counters.
-    pub const N: usize = 10;
-
-    /// The counters in declaration order (for publication as atomics).
-    pub fn to_array(self) -> [u64; Self::N] {
-        [
-            self.engines_active,
-            self.cache_bytes,
-            self.cache_bufs,
-            self.cache_bufs_peak,
-            self.cache_overflow,
-            self.engine_emitted,
-            self.migrations_started,
-            self.migrations_done,
-            self.migrations_cancelled,
-            self.migrations_reset,
-        ]
-    }
-
-    /// The inverse of [`MigrationCounters::to_array`].
-    pub fn from_array(a: [u64; Self::N]) -> Self {
-        let [engines_active, cache_bytes, cache_bufs, cache_bufs_peak, cache_overflow, engine_emitted, migrations_started, migrations_done, migrations_cancelled, migrations_reset] =
-            a;
-        MigrationCounters {
-            engines_active,
-            cache_bytes,
-            cache_bufs,
-            cache_bufs_peak,
-            cache_overflow,
-            engine_emitted,
-            migrations_started,
-            migrations_done,
-            migrations_cancelled,
-            migrations_reset,
-        }
-    }
-}
-
 #[cfg(test)]
 mod migration_counter_tests {
     use super::*;
@@ -354,11 +268,11 @@ mod migration_counter_tests {
         assert_eq!(m.engines_active, 1);
         assert_eq!(m.migrations_reset, 10);
         let c = ProxyCounters::default();
-        let x = ProxyExtra {
+        let x = DataplaneStats {
             migration: m,
-            ..ProxyExtra::default()
+            ..DataplaneStats::default()
         };
-        c.publish(&crate::proxy::ProxyStats::default(), &x);
+        c.publish(&tsmp_core::proxy::ProxyStats::default(), &x);
         assert_eq!(c.snapshot().migration, m);
         let json = serde_json::to_value(c.snapshot()).unwrap();
         assert_eq!(

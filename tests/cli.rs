@@ -13,7 +13,7 @@ use common::Proxy;
 use serde_json::Value;
 
 fn cli(sock: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tsmp-cli"))
+    Command::new(common::tool("tsmp-cli"))
         .arg("--socket")
         .arg(sock)
         .args(args)

@@ -17,7 +17,7 @@ use common::bed::*;
 use common::{Netns, Proxy};
 use ed25519_dalek::SigningKey;
 use tsmp::agents::in_netns;
-use tsmp::msg::{self, Body, Mfr, MtrReply, Outcome, Reason};
+use tsmp_proto::msg::{self, Body, Mfr, MtrReply, Outcome, Reason};
 
 /// A child process killed on drop.
 struct Guard(Child);
@@ -30,11 +30,13 @@ impl Drop for Guard {
 }
 
 fn names_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tsmp-names")
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| common::tool("tsmp-names").to_string_lossy().into_owned())
 }
 
 fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tsmp-agent")
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| common::tool("tsmp-agent").to_string_lossy().into_owned())
 }
 
 fn in_ns(ns: &Netns, prog: &str, args: &[&str]) -> Command {
@@ -249,7 +251,7 @@ fn stream_moves(tag: &str, local: bool, operator: bool) {
 
     if operator {
         let o = output({
-            let mut c = Command::new(env!("CARGO_BIN_EXE_tsmp-cli"));
+            let mut c = Command::new(common::tool("tsmp-cli"));
             c.arg("--socket").arg(&p.b.sock).args([
                 "migrate",
                 &format!("198.18.0.1:{port}"),
@@ -264,7 +266,7 @@ fn stream_moves(tag: &str, local: bool, operator: bool) {
         assert!(said.contains("to pc.bob (198.18.0.3): MTR sent"), "{said}");
         // The operator selects a user's flows by name (the naming server's device list).
         for (user, want) in [("bob", 1), ("eve", 0)] {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_tsmp-cli"));
+            let mut c = Command::new(common::tool("tsmp-cli"));
             c.arg("--socket")
                 .arg(&p.b.sock)
                 .args(["flows", "--user", user, "--json"]);
@@ -468,7 +470,7 @@ fn forged_replayed_stale_and_foreign_requests_are_refused_and_the_flow_keeps_for
         let (reply, _) = send(ns, frame).unwrap_or_else(|e| panic!("{what}: {e}"));
         let reply = reply.unwrap();
         assert_eq!(refusal(&reply), Some(want), "{what}: {reply:?}");
-        *expected.entry(want.name()).or_default() += 1;
+        *expected.entry(want.name().to_owned()).or_default() += 1;
     }
 
     // The migration port accepts the target's address only. The test plays the PC's agent

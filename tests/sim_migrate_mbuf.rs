@@ -5,13 +5,14 @@
 #![cfg(feature = "dpdk")]
 
 mod common;
+#[path = "../crates/core/tests/sim/mod.rs"]
 mod sim;
 
 use std::cell::Cell;
 
 use sim::migration::{migrated, scenario, World};
 use sim::Link;
-use tsmp::dpdk::{Eal, Mbuf, Mempool};
+use tsmp_dpdk::{Eal, Mbuf, Mempool};
 
 #[test]
 fn migrations_cache_mbufs_without_copies_and_return_them_all() {

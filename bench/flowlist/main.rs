@@ -10,15 +10,15 @@
 #![forbid(unsafe_code)]
 
 use std::time::Instant;
-use tsmp::proxy::FlowHasher;
+use tsmp_core::proxy::FlowHasher;
 
 use clap::Parser;
 use tsmp::config::Config;
-use tsmp::control::{flow_page, FlowFilter, SCAN_SLOTS};
-use tsmp::migrate::engine::Engine;
-use tsmp::proxy::ProxyCore;
-use tsmp::wire::build::{tcp_frame_len, write_tcp_frame, Endpoints, TcpFields};
-use tsmp::wire::SeqNumber;
+use tsmp_core::dataplane::view::{flow_page, FlowFilter, SCAN_SLOTS};
+use tsmp_core::migrate::engine::Engine;
+use tsmp_core::proxy::ProxyCore;
+use tsmp_core::wire::build::{tcp_frame_len, write_tcp_frame, Endpoints, TcpFields};
+use tsmp_core::wire::SeqNumber;
 
 #[derive(Parser)]
 #[command(
@@ -85,9 +85,10 @@ fn main() -> Result<(), String> {
             &format!("addresses = [{}]", snat.join(", ")),
         );
     let cfg = Config::from_toml(&text, "flowlist").map_err(|e| e.to_string())?;
-    let mut core = ProxyCore::new(&cfg, 0, 1, &PORT_MACS, FlowHasher::random(), 0, None)?;
-    let engines: tsmp::proxy::arena::Arena<Engine<Vec<u8>>> =
-        tsmp::proxy::arena::Arena::new(0, None);
+    let settings = cfg.proxy_settings(&PORT_MACS)?;
+    let mut core = ProxyCore::new(&settings, 0, 1, FlowHasher::random(), 0, None);
+    let engines: tsmp_core::proxy::arena::Arena<Engine<Vec<u8>>> =
+        tsmp_core::proxy::arena::Arena::new(0, None);
 
     let len = tcp_frame_len(
         &TcpFields {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use tsmp::dpdk::{rdtsc, tsc_hz, Burst, Eal, Mempool, Port, PortSetup};
+use tsmp_dpdk::{rdtsc, tsc_hz, Burst, Eal, Mempool, Port, PortSetup};
 
 use crate::frames;
 
@@ -229,9 +229,9 @@ pub(crate) fn secs_to_tsc(s: f64, hz: u64) -> u64 {
 fn run_rate(
     a: &GenArgs,
     pool: &Mempool<'_>,
-    txa: &mut tsmp::dpdk::TxQueue<'_>,
-    rxa: &mut tsmp::dpdk::RxQueue<'_>,
-    rxb: &mut tsmp::dpdk::RxQueue<'_>,
+    txa: &mut tsmp_dpdk::TxQueue<'_>,
+    rxa: &mut tsmp_dpdk::RxQueue<'_>,
+    rxb: &mut tsmp_dpdk::RxQueue<'_>,
 ) -> GenResult {
     let len = a
         .size
@@ -293,8 +293,8 @@ fn run_rate(
 fn run_verify(
     a: &GenArgs,
     pool: &Mempool<'_>,
-    tx: [&mut tsmp::dpdk::TxQueue<'_>; 2],
-    rx: [&mut tsmp::dpdk::RxQueue<'_>; 2],
+    tx: [&mut tsmp_dpdk::TxQueue<'_>; 2],
+    rx: [&mut tsmp_dpdk::RxQueue<'_>; 2],
 ) -> GenResult {
     const WINDOW: u64 = 256;
     let n = a.count;

@@ -7,7 +7,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use tsmp::dpdk::{rdtsc, tsc_hz, Burst, Mempool, Port, RxQueue, TxQueue};
+use tsmp_dpdk::{rdtsc, tsc_hz, Burst, Mempool, Port, RxQueue, TxQueue};
 
 use crate::harness::{self, Forwarder, GenArgs, GenResult, HarnessArgs, Res};
 use crate::tcpgen::{self, Reply, Sizes, TcpCounters, TcpGen, MAX_FLOWS, PROXY_A, PROXY_B};
@@ -290,7 +290,7 @@ pub fn run_tcp(a: &GenArgs, pool: &Mempool<'_>, ports: &[Port<'_>]) -> Res<GenRe
         pb.info().mac,
     );
     g.check_every = o.check_every.max(1);
-    let q = |e: tsmp::dpdk::Error| e.to_string();
+    let q = |e: tsmp_dpdk::Error| e.to_string();
     let rx = |p| {
         (0..a.rx_queues)
             .map(|i| Port::rx_queue(p, i))

@@ -34,8 +34,8 @@
 //!   in-order data) on every `check_every`-th frame; a mismatch is counted, never fatal.
 
 use serde::{Deserialize, Serialize};
-use tsmp::wire::build::{write_tcp_frame, Endpoints, TcpFields};
-use tsmp::wire::{checksum, classify, tcp_checksum_ok, Frame, SeqNumber, TcpFlags};
+use tsmp_core::wire::build::{write_tcp_frame, Endpoints, TcpFields};
+use tsmp_core::wire::{checksum, classify, tcp_checksum_ok, Frame, SeqNumber, TcpFlags};
 
 /// The service the generator's clients connect to (the bench profile's VIP and port).
 pub const VIP: [u8; 4] = [198, 18, 0, 10];
@@ -541,7 +541,7 @@ impl TcpGen {
     fn reply_to_a(
         &mut self,
         f: &mut [u8],
-        m: &tsmp::wire::TcpMeta,
+        m: &tsmp_core::wire::TcpMeta,
         i: u32,
         ack: u32,
         flags: u8,
@@ -656,7 +656,7 @@ impl TcpGen {
         Reply::None
     }
 
-    fn checksums_ok(&mut self, f: &[u8], m: &tsmp::wire::TcpMeta) -> bool {
+    fn checksums_ok(&mut self, f: &[u8], m: &tsmp_core::wire::TcpMeta) -> bool {
         self.c.checked += 1;
         let ip_ok = f.len() >= 34 && checksum::finish(checksum::sum(0, &f[14..34])) == 0;
         if ip_ok && tcp_checksum_ok(f, m) {
@@ -784,7 +784,7 @@ mod tests {
     /// The segment in `f` again, with the addresses `ep` gives it (sequence numbers, flags,
     /// window and payload kept), in a buffer with room like an mbuf's (replies may be longer
     /// than the frame).
-    fn relay(f: &mut Vec<u8>, ep: impl FnOnce(&tsmp::wire::TcpMeta) -> Endpoints) {
+    fn relay(f: &mut Vec<u8>, ep: impl FnOnce(&tsmp_core::wire::TcpMeta) -> Endpoints) {
         let Ok(Frame::Tcp(m)) = classify(f) else {
             panic!("not TCP");
         };

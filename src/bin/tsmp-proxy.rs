@@ -58,9 +58,9 @@ fn main() -> ExitCode {
         }
     };
     if args.public_key {
-        return match tsmp::msg::load_or_create_key(&cfg.control.key) {
+        return match tsmp_proto::msg::load_or_create_key(&cfg.control.key) {
             Ok(k) => {
-                println!("{}", tsmp::msg::public_b64(&k));
+                println!("{}", tsmp_proto::msg::public_b64(&k));
                 ExitCode::SUCCESS
             }
             Err(e) => {

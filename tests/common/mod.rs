@@ -55,9 +55,21 @@ pub fn must(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The path of a workspace binary built beside `tsmp-proxy` (the tools live in their own
+/// crates: `cargo build --workspace` builds them into the same target directory).
+pub fn tool(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_tsmp-proxy")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the whole workspace first (`cargo build --workspace`, as scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
 /// Runs `tsmp-pktgen ARGS --dir DIR`: whether it succeeded, and its output.
 pub fn pktgen(args: &[&str], dir: &Path) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_tsmp-pktgen"))
+    let o = Command::new(tool("tsmp-pktgen"))
         .args(args)
         .arg("--dir")
         .arg(dir)
