@@ -13,7 +13,13 @@ use serde_json::Value;
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let o = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");
@@ -27,7 +33,11 @@ fn metadata() -> Value {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -54,7 +64,10 @@ fn code_of(text: &str) -> String {
 fn every_crate_keeps_to_its_layer() {
     let m = metadata();
     let rules = &m["metadata"]["layers"];
-    assert!(rules.is_object(), "no [workspace.metadata.layers] in the root Cargo.toml");
+    assert!(
+        rules.is_object(),
+        "no [workspace.metadata.layers] in the root Cargo.toml"
+    );
     let members: Vec<&Value> = m["packages"].as_array().unwrap().iter().collect();
     let names: Vec<String> = members
         .iter()
@@ -123,5 +136,8 @@ fn every_crate_keeps_to_its_layer() {
         "layer rules broken:\n  {}",
         problems.join("\n  ")
     );
-    assert!(checked.contains_key("tsmp-core") && checked.len() >= 8, "{checked:?}");
+    assert!(
+        checked.contains_key("tsmp-core") && checked.len() >= 8,
+        "{checked:?}"
+    );
 }
