@@ -1,4 +1,4 @@
-//! The proxy's side of the agent protocol ([`crate::msg`]): MFRs in, MTRs out, migration
+//! The proxy's side of the agent protocol ([`tsmp_proto::msg`]): MFRs in, MTRs out, migration
 //! status back to the requesting agent.
 //!
 //! The main lcore (the slow path) accepts control connections on `[control] agents` (an
@@ -14,7 +14,8 @@
 //! sending device registered with the naming server; the signature made with that device's
 //! published key; the connection coming from the device's registered address; the flow named
 //! by the device's own address; a nonce not seen before; a target device of the same user,
-//! registered, not the sender; and, at the owning worker, a flow of that tuple whose migration
+//! registered, not the sender (these are [`tsmp_proto::admission::check_mfr`], a pure function
+//! with a unit test per refusal); and, at the owning worker, a flow of that tuple whose migration
 //! counter is the one in the MFR. The worker then reserves a migration port that accepts a
 //! SYN only from the target's registered address, once, until the engine's deadline.
 #![forbid(unsafe_code)]
@@ -32,11 +33,13 @@ use serde::Serialize;
 
 use crate::control::{describe_event, tuple, MigrateRequest, Migrating, Workers};
 use tsmp_core::migrate::engine::Event;
+use tsmp_core::refusal::Refusal;
+use tsmp_proto::admission::{check_mfr, lookup};
 use tsmp_proto::msg::{
     self, now_ms, read_sealed, Body, FrameError, Freshness, Mfr, MfrReply, Mtr, Outcome, Reason,
     Status,
 };
-use tsmp_proto::names::{DeviceId, DeviceRecord, NameError, Resolver};
+use tsmp_proto::names::{DeviceId, DeviceRecord, Resolver};
 
 /// Control-plane counters.
 #[derive(Debug, Default)]
@@ -197,7 +200,7 @@ impl AgentPlane {
                 ));
             };
             let id = DeviceId::new(device, user).map_err(|e| e.to_string())?;
-            let rec = lookup(&sh, &id, Reason::UnknownTarget).map_err(|(_, e)| e)?;
+            let rec = lookup(&sh.resolver, &id, Reason::UnknownTarget).map_err(|r| r.detail)?;
             let m = sh
                 .workers
                 .migrate(MigrateRequest {
@@ -393,8 +396,15 @@ fn serve(sh: &Shared, mut stream: TcpStream, peer: SocketAddr) {
         return;
     };
     let t_read = t0.elapsed();
-    match check(sh, &sealed, mfr, *peer.ip()) {
-        Err((r, detail)) => {
+    match check_mfr(
+        &sealed,
+        mfr,
+        *peer.ip(),
+        now_ms(),
+        &sh.resolver,
+        &mut &sh.fresh,
+    ) {
+        Err(Refusal { reason: r, detail }) => {
             sh.counters.refuse(r);
             eprintln!(
                 "mfr from {peer} ({}.{}) refused: {} ({detail})",
@@ -404,7 +414,7 @@ fn serve(sh: &Shared, mut stream: TcpStream, peer: SocketAddr) {
             );
             let _ = reply(sh, &mut stream, 0, refused(r, detail), &mfr.nonce);
         }
-        Ok((target, rec)) => run(sh, stream, mfr, &target, &rec, (t0, t_read)),
+        Ok(a) => run(sh, stream, mfr, &a.target, &a.target_record, (t0, t_read)),
     }
 }
 
@@ -416,80 +426,6 @@ fn explain(r: Reason) -> &'static str {
         Reason::BadSignature => "signature missing or malformed",
         _ => "refused",
     }
-}
-
-fn lookup(sh: &Shared, id: &DeviceId, unknown: Reason) -> Result<DeviceRecord, (Reason, String)> {
-    sh.resolver.device(id).map_err(|e| match e {
-        NameError::Timeout(_) | NameError::Io(..) => (Reason::NamingServer, e.to_string()),
-        _ => (unknown, e.to_string()),
-    })
-}
-
-/// Every check of an MFR that needs no worker (see the module docs for the order).
-fn check(
-    sh: &Shared,
-    sealed: &msg::Sealed,
-    mfr: &Mfr,
-    peer: Ipv4Addr,
-) -> Result<(DeviceId, DeviceRecord), (Reason, String)> {
-    let origin =
-        DeviceId::new(&mfr.device, &mfr.user).map_err(|e| (Reason::Garbage, e.to_string()))?;
-    if !Freshness::timely(mfr.ts_ms, now_ms()) {
-        return Err((
-            Reason::Stale,
-            "timestamp more than 30 s from the proxy's clock; synchronise the device's clock"
-                .into(),
-        ));
-    }
-    let rec = lookup(sh, &origin, Reason::UnknownDevice)?;
-    if !sealed.verify(&rec.key) {
-        return Err((
-            Reason::BadSignature,
-            format!("not signed with {origin}'s registered key; register the device again"),
-        ));
-    }
-    if rec.addr != peer {
-        return Err((
-            Reason::NotFromDevice,
-            format!(
-                "{origin} is registered at {}, the request came from {peer}",
-                rec.addr
-            ),
-        ));
-    }
-    if *mfr.client.ip() != peer {
-        return Err((
-            Reason::NotHolder,
-            format!(
-                "{peer} does not hold connection {}-{}",
-                mfr.client, mfr.server
-            ),
-        ));
-    }
-    let fresh = sh
-        .fresh
-        .lock()
-        .map(|mut f| f.first_use(&mfr.nonce, now_ms()))
-        .unwrap_or(false);
-    if !fresh {
-        return Err((Reason::Replayed, "this request was seen before".into()));
-    }
-    let target = DeviceId::target(&mfr.target, &mfr.user)
-        .map_err(|e| (Reason::UnknownTarget, e.to_string()))?;
-    if target.user != origin.user {
-        return Err((
-            Reason::TargetOtherUser,
-            format!("{target} is not a device of {}", origin.user),
-        ));
-    }
-    if target.device == origin.device {
-        return Err((
-            Reason::TargetIsHolder,
-            format!("{origin} already holds the connection"),
-        ));
-    }
-    let trec = lookup(sh, &target, Reason::UnknownTarget)?;
-    Ok((target, trec))
 }
 
 fn status(

@@ -268,8 +268,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     };
     let mut agents = match (cfg.dataplane.mode, cfg.control.agents, cfg.control.names) {
         (Mode::Proxy, Some(listen), Some(names)) => {
-            let key =
-                tsmp_proto::msg::load_or_create_key(&cfg.control.key).map_err(AppError::Control)?;
+            let key = tsmp_proto::msg::load_or_create_key(&cfg.control.key)
+                .map_err(|e| AppError::Control(e.to_string()))?;
             let zone = tsmp_proto::names::zone(&cfg.control.zone)
                 .map_err(|e| AppError::Control(e.to_string()))?;
             let plane = AgentPlane::bind(

@@ -726,7 +726,7 @@ pub(crate) fn run_once(
 }
 
 fn default_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/bench-memif.toml")
+    workspace_root().join("dpdk-config/bench-memif.toml")
 }
 
 pub(crate) fn work_dir(dir: &Option<PathBuf>) -> Res<PathBuf> {
@@ -887,4 +887,10 @@ pub fn compare(a: &CompareArgs) -> Res<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The workspace's top directory (this crate is `bench/` in it): where `dpdk-config/` is.
+pub fn workspace_root() -> &'static Path {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here)
 }

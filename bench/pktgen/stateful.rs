@@ -824,7 +824,7 @@ pub struct BenchArgs {
 }
 
 fn proxy_config() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/bench-proxy-memif.toml")
+    harness::workspace_root().join("dpdk-config/bench-proxy-memif.toml")
 }
 
 /// One stateful run through the proxy; its report and the proxy's final counters.

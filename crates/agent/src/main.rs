@@ -250,8 +250,8 @@ fn load(state: &Path) -> Result<(Settings, SigningKey, [u8; 32]), String> {
         )
     })?;
     let s: Settings = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
-    let key = load_or_create_key(&state.join("device.key"))?;
-    let proxy = parse_public(&s.proxy_key)?;
+    let key = load_or_create_key(&state.join("device.key")).map_err(|e| e.to_string())?;
+    let proxy = parse_public(&s.proxy_key).map_err(|e| e.to_string())?;
     Ok((s, key, proxy))
 }
 
@@ -267,11 +267,11 @@ fn register(state: &Path, mut s: Settings, tsig: &str) -> Result<ExitCode, Strin
         ));
     }
     s.proxy_key = value_or_file(&s.proxy_key)?;
-    parse_public(&s.proxy_key)?;
+    parse_public(&s.proxy_key).map_err(|e| e.to_string())?;
     let zone = names::zone(&s.zone).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(state)
         .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    let key = load_or_create_key(&state.join("device.key"))?;
+    let key = load_or_create_key(&state.join("device.key")).map_err(|e| e.to_string())?;
     let rec = DeviceRecord {
         addr: s.address,
         agent_port: s.port,

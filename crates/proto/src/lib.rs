@@ -1,4 +1,6 @@
 //! TSMP's protocol pieces shared by the appliance and the tools (agent, CLI, naming server):
+//! - [`admission`]: the MFR checks as a pure function (message, sender, time, directory,
+//!   nonce store), one unit test per refusal;
 //! - [`msg`]: the signed control messages (MFR, MTR, statuses) and their framing;
 //! - [`names`]: the naming service's client (DNS queries and TSIG-signed updates) and its
 //!   names (`device.user.zone`);
@@ -7,6 +9,7 @@
 //! It does no data-plane work and never links DPDK; it may open sockets (the naming client).
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod msg;
 pub mod names;
 

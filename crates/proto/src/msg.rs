@@ -356,23 +356,22 @@ impl Freshness {
 
 /// Loads a device's or the proxy's Ed25519 key (base64 of the 32-byte secret), creating it
 /// (mode 0600) when the file does not exist.
-pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let at = || path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let b = base64::engine::general_purpose::STANDARD
                 .decode(text.trim())
-                .map_err(|e| format!("{}: not a key file ({e})", path.display()))?;
-            let b: [u8; 32] = b
-                .try_into()
-                .map_err(|_| format!("{}: not a 32-byte Ed25519 secret", path.display()))?;
+                .map_err(|e| KeyError::NotAKeyFile(at(), e.to_string()))?;
+            let b: [u8; 32] = b.try_into().map_err(|_| KeyError::WrongLength(at()))?;
             Ok(SigningKey::from_bytes(&b))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut b = [0u8; 32];
-            getrandom::fill(&mut b).map_err(|e| format!("no system randomness: {e}"))?;
+            getrandom::fill(&mut b).map_err(|e| KeyError::NoRandomness(e.to_string()))?;
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d)
-                    .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+                    .map_err(|e| KeyError::Create(d.display().to_string(), e))?;
             }
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new()
@@ -380,13 +379,39 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                .map_err(|e| KeyError::Create(at(), e))?;
             writeln!(f, "{}", base64::engine::general_purpose::STANDARD.encode(b))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .map_err(|e| KeyError::Write(at(), e))?;
             Ok(SigningKey::from_bytes(&b))
         }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => Err(KeyError::Read(at(), e)),
     }
+}
+
+/// Why a key could not be loaded, created or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file is not base64.
+    #[error("{0}: not a key file ({1}); remove it to have a new key created")]
+    NotAKeyFile(String, String),
+    /// The file decodes to something else than 32 bytes.
+    #[error("{0}: not a 32-byte Ed25519 secret; remove it to have a new key created")]
+    WrongLength(String),
+    /// The system has no randomness to offer.
+    #[error("no system randomness: {0}")]
+    NoRandomness(String),
+    /// The key file or its directory could not be created.
+    #[error("cannot create {0}: {1}")]
+    Create(String, std::io::Error),
+    /// The new key could not be written.
+    #[error("cannot write {0}: {1}")]
+    Write(String, std::io::Error),
+    /// The key file exists but cannot be read.
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    /// A public key that is not base64 of 32 bytes.
+    #[error("{0:?} is not a base64 Ed25519 public key (32 bytes)")]
+    NotAPublicKey(String),
 }
 
 /// A public key as base64.
@@ -395,12 +420,12 @@ pub fn public_b64(key: &SigningKey) -> String {
 }
 
 /// Parses a base64 public key.
-pub fn parse_public(s: &str) -> Result<[u8; 32], String> {
+pub fn parse_public(s: &str) -> Result<[u8; 32], KeyError> {
     base64::engine::general_purpose::STANDARD
         .decode(s.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("{s:?} is not a base64 Ed25519 public key (32 bytes)"))
+        .ok_or_else(|| KeyError::NotAPublicKey(s.to_owned()))
 }
 
 #[cfg(test)]

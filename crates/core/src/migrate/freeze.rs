@@ -1,4 +1,4 @@
-//! The server-facing half of the transient pause (draft section 4.3.1; DESIGN.md section 3).
+//! The server-facing half of the transient pause (draft section 4.3.1; docs/migration.md step 2).
 //!
 //! While a flow is frozen the proxy answers the server (S) on behalf of the device that will take
 //! the stream. [`Freeze`] decides, for every segment S sends, what goes into the pause cache and

@@ -1,6 +1,6 @@
 //! Pass-through after a migration: the fixed translations between the server's sub-connection
 //! (which still believes it talks to the old device) and the new device's sub-connection
-//! (DESIGN.md section 3, item 5), applied in place to each forwarded segment.
+//! (docs/migration.md step 5), applied in place to each forwarded segment.
 //!
 //! Sequence spaces:
 //! - server -> device data: the proxy chose its ISN toward the new device so that

@@ -107,7 +107,7 @@ impl<B: SharedBuf> Engine<B> {
         self.fail(now, f, r.caches, r.freeze, r.leg, old_is_target, budget)
     }
 
-    /// //= DESIGN.md 3.6: "cancel and resume on C_old where it still exists, else a clean reset
+    /// //= docs/migration.md step 6: "cancel and resume on C_old where it still exists, else a clean reset
     /// of both ends".
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fail(

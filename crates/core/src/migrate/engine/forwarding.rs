@@ -132,7 +132,7 @@ impl<B: SharedBuf> Engine<B> {
             s.ts_recent = Some(v);
         }
         if seg.len > 0 {
-            // //= draft 4.3.1 / DESIGN.md 3.2: the rolling cache keeps what was forwarded to the
+            // //= draft 4.3.1 / docs/migration.md step 2: the rolling cache keeps what was forwarded to the
             // device until the device acknowledges it.
             match c.s2c.insert(seg.seq, buf.share(), seg.off, seg.len, budget) {
                 Inserted::OverLimit(_) => self.stats.rolling_overflow += 1,
@@ -222,7 +222,7 @@ impl<B: SharedBuf> Engine<B> {
         }
         let cseq = seg.seq + d.sp.c2s;
         if seg.len > 0 {
-            // The rolling cache of client data the server has not acknowledged (DESIGN.md 3.5:
+            // The rolling cache of client data the server has not acknowledged (docs/migration.md step 5:
             // the proxy delivers it if the device leaves before the server ACKs it).
             let _ = c.c2s.insert(cseq, buf.share(), seg.off, seg.len, budget);
         }

@@ -1,5 +1,5 @@
 //! The per-flow migration engine: the state machine that ties the rolling cache, the freeze, the
-//! resumption sender and the splice together (draft section 4.3; DESIGN.md section 3).
+//! resumption sender and the splice together (draft section 4.3; docs/migration.md).
 //!
 //! Sans-IO, quinn-style. Inputs: [`Engine::on_segment`] (a frame from the server or from a
 //! device, with the current time), [`Engine::migrate`] (an accepted MFR),
@@ -655,7 +655,7 @@ impl<B: SharedBuf> Engine<B> {
             // //= rfc9293#section-3.5: the handshake passes through; options are learned.
             (State::Handshake, from) => self.handshake(from, seg, buf),
             // //= draft 4.2: "TSMPP ... splices and rewrites" segments between the two
-            // sub-connections; DESIGN.md 3.2: the rolling caches keep what is unacknowledged.
+            // sub-connections; docs/migration.md step 2: the rolling caches keep what is unacknowledged.
             (State::Forwarding(c), Leg::Server) => self.fwd_from_server(c, seg, buf, budget),
             (State::Forwarding(c), Leg::Device(g)) if g == self.dev.gen => {
                 self.fwd_from_device(c, seg, buf, budget)
@@ -663,7 +663,7 @@ impl<B: SharedBuf> Engine<B> {
             // //= draft 4.3.1: "generate and send their ACK packets to the sender in advance on
             // behalf of the new receiver ... window size (zero)".
             (State::Paused(p), Leg::Server) => self.paused_from_server(now, p, seg, buf, budget),
-            // DESIGN.md 3.2: "C_old's ACKs are consumed by P ... never let C_old's FIN/RST reach
+            // docs/migration.md step 2: "C_old's ACKs are consumed by P ... never let C_old's FIN/RST reach
             // S".
             (State::Paused(mut p), Leg::Device(g)) if g == self.dev.gen => {
                 let trim = p.resume == Resume::FollowOld;
@@ -686,7 +686,7 @@ impl<B: SharedBuf> Engine<B> {
             (State::Paused(p), Leg::Device(g)) if g == p.target => {
                 self.paused_from_target(now, p, seg, buf)
             }
-            // The server stays frozen until the replay is acknowledged (DESIGN.md 3.4).
+            // The server stays frozen until the replay is acknowledged (docs/migration.md step 4).
             (State::Resuming(r), Leg::Server) => {
                 self.resuming_from_server(now, r, seg, buf, budget)
             }

@@ -69,7 +69,7 @@ impl<B: SharedBuf> Engine<B> {
             unreachable!("checked above")
         };
         caches.s2c.trim_below(resume, budget, drop);
-        // //= DESIGN.md 3 rule 1: "ACK, and cache, every byte S has in flight in the same ACKs
+        // //= docs/migration.md rule 1: "ACK, and cache, every byte S has in flight in the same ACKs
         // that close the window".
         let (freeze, ack) = Freeze::start(s.s_next, self.dev.sp.edge, s.c_next, s.ts_recent);
         self.ack_to_server(ack);
@@ -276,7 +276,7 @@ impl<B: SharedBuf> Engine<B> {
         let ws = seg.ws.is_some();
         let ts = s.ts && seg.tsval.is_some();
         let isn = seg.seq;
-        // //= DESIGN.md 3.5: "choose P's ISN toward C_new so that the offset is constant": the
+        // //= docs/migration.md step 5: "choose P's ISN toward C_new so that the offset is constant": the
         // ISN is the resume point minus one, so server and device numbers coincide (s2c = 0).
         let c2s = s.c_next.0.wrapping_sub((isn + 1).0);
         let ts_off = if ts {

@@ -5,7 +5,7 @@ use super::*;
 
 impl<B: SharedBuf> Engine<B> {
     /// //= rfc9293#section-3.5 the SYN-ACK toward the target: ISN = resume - 1; the server's
-    /// window-scale factor offered (DESIGN.md: "Offer S's own scale factor to C_new"); MSS and
+    /// window-scale factor offered (docs/migration.md rule 7: "offer S's own scale factor to C_new"); MSS and
     /// SACK-permitted; TSval seeded with the server's latest TSval (RFC 7323 4.3).
     pub(super) fn syn_ack(&mut self, r: &Resuming<B>) {
         let Some(leg) = r.leg else { return };
@@ -126,7 +126,7 @@ impl<B: SharedBuf> Engine<B> {
         (self.check_resumed(now, r, budget), verdict)
     }
 
-    /// //= DESIGN.md 3.4: "When everything cached is acknowledged, P forwards C_new's latest
+    /// //= docs/migration.md step 4: "When everything cached is acknowledged, P forwards C_new's latest
     /// ACK (non-zero window) to S - an explicit window update - and returns to pass-through".
     pub(super) fn check_resumed(
         &mut self,

@@ -46,7 +46,7 @@ impl<B: SharedBuf> Engine<B> {
         self.state = match state {
             State::Paused(mut p) => {
                 if now >= p.deadline {
-                    // //= DESIGN.md 3 "bound it by a configurable migration deadline".
+                    // //= docs/migration.md rule 9: "bounded by a configurable migration deadline".
                     let p = *p;
                     self.fail(
                         now,
