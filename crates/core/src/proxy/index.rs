@@ -23,7 +23,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use super::flow::Key;
+use crate::wire::Key;
 
 /// Slots per bucket.
 const WAYS: usize = 8;
