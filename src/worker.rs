@@ -176,29 +176,23 @@ impl Io<Mbuf> for WorkerIo<'_, '_> {
     }
 }
 
-impl<'p> ProxyWorker<'p> {
-    /// The [`Io`] of this worker, around the snapshot `s` its transmissions are counted in.
-    #[inline(always)]
-    fn io<'a>(
-        tx: &'a mut [TxQueue<'p>],
-        pool: &'p Mempool<'p>,
-        handoff: &'a HandoffRings,
-        neighbours: &'a NeighbourRings,
-        events: &'a EventRing,
-        index: usize,
-        s: &'a mut WorkerSnapshot,
-    ) -> WorkerIo<'a, 'p> {
+/// The [`Io`] of worker `$w` (its index `$i`) around the snapshot `$s` its transmissions are
+/// counted in: borrows the worker's DPDK side, not its data plane.
+macro_rules! worker_io {
+    ($w:ident, $i:expr, $s:expr) => {
         WorkerIo {
-            tx,
-            pool,
-            handoff,
-            neighbours,
-            events,
-            index,
-            s,
+            tx: &mut $w.tx,
+            pool: $w.pool,
+            handoff: &$w.handoff,
+            neighbours: &$w.neighbours,
+            events: &$w.events,
+            index: $i,
+            s: $s,
         }
-    }
+    };
+}
 
+impl ProxyWorker<'_> {
     /// Commands from the slow path.
     fn run_commands(&mut self, s: &mut WorkerSnapshot) {
         let index = self.dp.worker();
@@ -212,15 +206,7 @@ impl<'p> ProxyWorker<'p> {
                     expect,
                     reply,
                 } => {
-                    let mut io = Self::io(
-                        &mut self.tx,
-                        self.pool,
-                        &self.handoff,
-                        &self.neighbours,
-                        &self.events,
-                        index,
-                        s,
-                    );
+                    let mut io = worker_io!(self, index, s);
                     let r = self
                         .dp
                         .start_migration(client, vip, offset, counter, expect, &mut io);
@@ -272,15 +258,7 @@ impl<'p> ProxyWorker<'p> {
                     burst.prefetch(j);
                 }
                 self.dp.prefetch_burst(burst.iter().map(Mbuf::data));
-                let mut io = Self::io(
-                    &mut self.tx,
-                    self.pool,
-                    &self.handoff,
-                    &self.neighbours,
-                    &self.events,
-                    index,
-                    &mut s,
-                );
+                let mut io = worker_io!(self, index, &mut s);
                 for m in burst.drain() {
                     io.s.rx_bytes += u64::from(m.pkt_len());
                     self.dp.handle(port, m, &mut io);
@@ -292,15 +270,7 @@ impl<'p> ProxyWorker<'p> {
             }
             // Frames other workers received for flows this worker owns.
             {
-                let mut io = Self::io(
-                    &mut self.tx,
-                    self.pool,
-                    &self.handoff,
-                    &self.neighbours,
-                    &self.events,
-                    index,
-                    &mut s,
-                );
+                let mut io = worker_io!(self, index, &mut s);
                 for _ in 0..self.burst {
                     let Some(m) = self.handoff[index].pop() else {
                         break;
@@ -341,15 +311,7 @@ impl<'p> ProxyWorker<'p> {
             }
         }
         let index = self.dp.worker();
-        let mut io = Self::io(
-            &mut self.tx,
-            self.pool,
-            &self.handoff,
-            &self.neighbours,
-            &self.events,
-            index,
-            s,
-        );
+        let mut io = worker_io!(self, index, s);
         self.dp.housekeeping(64, &mut io);
         self.run_commands(s);
     }
