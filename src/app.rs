@@ -22,8 +22,7 @@ use crate::stats::{WorkerCounters, WorkerSnapshot};
 use crate::worker::{HandoffRings, NeighbourRings, Passthrough, ProxyWorker, RxPath};
 use tsmp_core::dataplane::Dataplane;
 use tsmp_core::migrate::cache::Budget;
-use tsmp_core::proxy::{FlowHasher, ProxyCore, ProxySettings};
-use tsmp_dpdk::Mbuf;
+use tsmp_core::proxy::ProxyCore;
 use tsmp_dpdk::{self as dpdk, Eal, LcoreId, Mempool, Port, PortSetup, PortStats};
 
 /// Options that are not part of the configuration file.
@@ -131,7 +130,70 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         cfg.mempool.data_room,
     )?;
 
-    let (ports, exception) = open_ports(cfg, &eal, &pool)?;
+    let mut ports = Vec::with_capacity(cfg.ports.len());
+    for (i, p) in cfg.ports.iter().enumerate() {
+        let id = match (&p.vdev, &p.pci) {
+            (Some(v), _) => eal.probe_vdev(v)?,
+            (None, Some(a)) => eal.pci_port(a)?,
+            (None, None) => unreachable!("validated: a port has pci or vdev"),
+        };
+        let setup = PortSetup {
+            name: p.name.clone(),
+            rx_queues: cfg.rx_queues(i),
+            tx_queues: cfg.tx_queues(),
+            rx_desc: p.rx_desc,
+            tx_desc: p.tx_desc,
+            promiscuous: p.promiscuous,
+            rss: rss_policy(p.rss),
+            mtu: p.mtu,
+        };
+        let port = Port::start(id, &setup, &pool)?;
+        let inf = port.info();
+        let mac: Vec<String> = inf.mac.iter().map(|b| format!("{b:02x}")).collect();
+        println!(
+            "port {} {:<8} driver={} mac={} rxq={} txq={} rss={}",
+            id,
+            p.name,
+            inf.driver,
+            mac.join(":"),
+            inf.rx_queues,
+            inf.tx_queues,
+            if inf.rss { "on" } else { "off" }
+        );
+        ports.push(port);
+    }
+    // The exception path: a TAP port after the configured ones, its kernel side configured with
+    // the appliance's addresses (and moved into a namespace when asked).
+    let mut exception = None;
+    if let Some(x) = &cfg.exception {
+        let id = eal.probe_vdev(&format!("net_tap{},iface={}", cfg.ports.len(), x.tap))?;
+        let setup = PortSetup {
+            name: "exception".into(),
+            rx_queues: 1,
+            tx_queues: cfg.tx_queues(),
+            rx_desc: 512,
+            tx_desc: 512,
+            promiscuous: false,
+            rss: Some(false),
+            mtu: None,
+        };
+        let port = Port::start(id, &setup, &pool)?;
+        let kernel_mac = configure_tap(cfg, x).map_err(AppError::Exception)?;
+        println!(
+            "port {} exception driver={} kernel iface {} ({}) mac {}",
+            id,
+            port.info().driver,
+            x.tap,
+            x.netns.as_deref().unwrap_or("root namespace"),
+            kernel_mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        exception = Some((ports.len(), port.info().mac, kernel_mac));
+        ports.push(port);
+    }
     wait_links(&ports, Duration::from_secs(3));
 
     let counters: Arc<Vec<WorkerCounters>> = Arc::new(
@@ -204,7 +266,35 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
         }
         None => None,
     };
-    let mut agents = start_agents(cfg, &workers, &agent_counters)?;
+    let mut agents = match (cfg.dataplane.mode, cfg.control.agents, cfg.control.names) {
+        (Mode::Proxy, Some(listen), Some(names)) => {
+            let key = tsmp_proto::msg::load_or_create_key(&cfg.control.key)
+                .map_err(|e| AppError::Control(e.to_string()))?;
+            let zone = tsmp_proto::names::zone(&cfg.control.zone)
+                .map_err(|e| AppError::Control(e.to_string()))?;
+            let plane = AgentPlane::bind(
+                AgentSettings {
+                    listen,
+                    names,
+                    zone,
+                    key,
+                    netns: cfg.exception.as_ref().and_then(|x| x.netns.clone()),
+                    max_connections: cfg.control.max_agent_connections as usize,
+                    deadline: Duration::from_millis(u64::from(cfg.limits.migration_deadline_ms)),
+                },
+                workers.clone(),
+                agent_counters.clone(),
+            )
+            .map_err(AppError::Control)?;
+            println!(
+                "agents: MFR on {listen}, naming server {names} zone {}, proxy key {}",
+                cfg.control.zone,
+                cfg.control.key.display()
+            );
+            Some(plane)
+        }
+        _ => None,
+    };
     let mut jobs: Vec<(LcoreId, Box<dyn FnOnce() + Send + '_>)> = Vec::new();
     for (i, w) in cfg.workers.iter().enumerate() {
         let qi = u16::try_from(i).unwrap_or(u16::MAX);
@@ -237,13 +327,26 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
                 for a in &assignments[i] {
                     rx.push((ports[a.port].rx_queue(a.queue)?, a.port));
                 }
-                if let Some((xp, _, _)) = exception {
+                let settings = cfg.proxy_settings(&macs).map_err(AppError::Proxy)?;
+                let mut core =
+                    ProxyCore::new(&settings, i, nw, hasher, 0, Some(dpdk::advise_hugepages));
+                if let Some((xp, mac, kmac)) = exception {
+                    core.set_exception(xp, mac, kmac);
                     if i == 0 {
                         rx.push((ports[xp].rx_queue(0)?, xp));
                     }
                 }
-                let settings = cfg.proxy_settings(&macs).map_err(AppError::Proxy)?;
-                let dp = worker_dataplane(cfg, &settings, i, hasher, exception);
+                // Cached segments keep their mbufs: at most half of the pool, shared out.
+                let budget = Budget::new(cfg.limits.worker_cache_bytes).with_buffers(u64::from(
+                    cfg.mempool.mbufs / 2 / u32::try_from(cfg.workers.len()).unwrap_or(1).max(1),
+                ));
+                let dp = Dataplane::new(
+                    core,
+                    i,
+                    cfg.engine_config(),
+                    budget,
+                    Some(dpdk::advise_hugepages),
+                );
                 let pw = ProxyWorker {
                     dp,
                     rx,
@@ -436,152 +539,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), AppError> {
     drop(eal);
     println!("stopped cleanly");
     Ok(())
-}
-
-/// Start-up step: worker `i`'s data plane (its proxy core, the exception path on it, its share
-/// of the cache budget: cached segments keep their mbufs, at most half of the pool in all).
-fn worker_dataplane(
-    cfg: &Config,
-    settings: &ProxySettings,
-    i: usize,
-    hasher: FlowHasher,
-    exception: Option<ExceptionPort>,
-) -> Dataplane<Mbuf> {
-    let nw = cfg.workers.len();
-    let mut core = ProxyCore::new(settings, i, nw, hasher, 0, Some(dpdk::advise_hugepages));
-    if let Some((xp, mac, kmac)) = exception {
-        core.set_exception(xp, mac, kmac);
-    }
-    let budget = Budget::new(cfg.limits.worker_cache_bytes).with_buffers(u64::from(
-        cfg.mempool.mbufs / 2 / u32::try_from(nw).unwrap_or(1).max(1),
-    ));
-    Dataplane::new(
-        core,
-        i,
-        cfg.engine_config(),
-        budget,
-        Some(dpdk::advise_hugepages),
-    )
-}
-
-/// The exception port: its index, its DPDK side's MAC and its kernel interface's MAC.
-type ExceptionPort = (usize, [u8; 6], [u8; 6]);
-
-/// Start-up step: probes and starts the configured ports, then the exception path's TAP port
-/// after them (its kernel side configured with the appliance's addresses, and moved into a
-/// namespace when asked).
-fn open_ports<'p>(
-    cfg: &Config,
-    eal: &Eal,
-    pool: &'p Mempool<'_>,
-) -> Result<(Vec<Port<'p>>, Option<ExceptionPort>), AppError> {
-    let mut ports = Vec::with_capacity(cfg.ports.len());
-    for (i, p) in cfg.ports.iter().enumerate() {
-        let id = match (&p.vdev, &p.pci) {
-            (Some(v), _) => eal.probe_vdev(v)?,
-            (None, Some(a)) => eal.pci_port(a)?,
-            (None, None) => unreachable!("validated: a port has pci or vdev"),
-        };
-        let setup = PortSetup {
-            name: p.name.clone(),
-            rx_queues: cfg.rx_queues(i),
-            tx_queues: cfg.tx_queues(),
-            rx_desc: p.rx_desc,
-            tx_desc: p.tx_desc,
-            promiscuous: p.promiscuous,
-            rss: rss_policy(p.rss),
-            mtu: p.mtu,
-        };
-        let port = Port::start(id, &setup, pool)?;
-        let inf = port.info();
-        let mac: Vec<String> = inf.mac.iter().map(|b| format!("{b:02x}")).collect();
-        println!(
-            "port {} {:<8} driver={} mac={} rxq={} txq={} rss={}",
-            id,
-            p.name,
-            inf.driver,
-            mac.join(":"),
-            inf.rx_queues,
-            inf.tx_queues,
-            if inf.rss { "on" } else { "off" }
-        );
-        ports.push(port);
-    }
-    // The exception path: a TAP port after the configured ones, its kernel side configured with
-    // the appliance's addresses (and moved into a namespace when asked).
-    let mut exception = None;
-    if let Some(x) = &cfg.exception {
-        let id = eal.probe_vdev(&format!("net_tap{},iface={}", cfg.ports.len(), x.tap))?;
-        let setup = PortSetup {
-            name: "exception".into(),
-            rx_queues: 1,
-            tx_queues: cfg.tx_queues(),
-            rx_desc: 512,
-            tx_desc: 512,
-            promiscuous: false,
-            rss: Some(false),
-            mtu: None,
-        };
-        let port = Port::start(id, &setup, pool)?;
-        let kernel_mac = configure_tap(cfg, x).map_err(AppError::Exception)?;
-        println!(
-            "port {} exception driver={} kernel iface {} ({}) mac {}",
-            id,
-            port.info().driver,
-            x.tap,
-            x.netns.as_deref().unwrap_or("root namespace"),
-            kernel_mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        );
-        exception = Some((ports.len(), port.info().mac, kernel_mac));
-        ports.push(port);
-    }
-    Ok((ports, exception))
-}
-
-/// Start-up step: the agents' port (MFR in, MTR out) when the proxy has one and a naming
-/// server to ask; `None` otherwise.
-fn start_agents(
-    cfg: &Config,
-    workers: &Workers,
-    agent_counters: &Arc<AgentCounters>,
-) -> Result<Option<AgentPlane>, AppError> {
-    Ok(
-        match (cfg.dataplane.mode, cfg.control.agents, cfg.control.names) {
-            (Mode::Proxy, Some(listen), Some(names)) => {
-                let key = tsmp_proto::msg::load_or_create_key(&cfg.control.key)
-                    .map_err(|e| AppError::Control(e.to_string()))?;
-                let zone = tsmp_proto::names::zone(&cfg.control.zone)
-                    .map_err(|e| AppError::Control(e.to_string()))?;
-                let plane = AgentPlane::bind(
-                    AgentSettings {
-                        listen,
-                        names,
-                        zone,
-                        key,
-                        netns: cfg.exception.as_ref().and_then(|x| x.netns.clone()),
-                        max_connections: cfg.control.max_agent_connections as usize,
-                        deadline: Duration::from_millis(u64::from(
-                            cfg.limits.migration_deadline_ms,
-                        )),
-                    },
-                    workers.clone(),
-                    agent_counters.clone(),
-                )
-                .map_err(AppError::Control)?;
-                println!(
-                    "agents: MFR on {listen}, naming server {names} zone {}, proxy key {}",
-                    cfg.control.zone,
-                    cfg.control.key.display()
-                );
-                Some(plane)
-            }
-            _ => None,
-        },
-    )
 }
 
 /// Reads the TAP interface's MAC, moves it into the configured namespace, assigns the ports'
