@@ -342,6 +342,10 @@ pub struct MigrationConfig {
     /// FIN retransmissions toward an old device whose sub-connection the proxy closes.
     #[serde(default = "default_fin_retries")]
     pub fin_retries: u32,
+    /// Least time between two challenge ACKs the proxy sends for one flow (to a blind RST or
+    /// SYN, RFC 5961), milliseconds (Linux: `tcp_invalid_ratelimit`, 500).
+    #[serde(default = "default_challenge_interval_ms")]
+    pub challenge_interval_ms: u32,
     /// Lowest port of the service addresses a new device connects to (one per migration).
     #[serde(default = "default_migration_port_min")]
     pub port_min: u16,
@@ -359,6 +363,7 @@ impl Default for MigrationConfig {
             replay_timeouts: default_replay_timeouts(),
             min_rto_ms: default_min_rto_ms(),
             fin_retries: default_fin_retries(),
+            challenge_interval_ms: default_challenge_interval_ms(),
             port_min: default_migration_port_min(),
             port_max: default_migration_port_max(),
         }
@@ -379,6 +384,9 @@ fn default_min_rto_ms() -> u32 {
 }
 fn default_fin_retries() -> u32 {
     4
+}
+fn default_challenge_interval_ms() -> u32 {
+    500
 }
 fn default_migration_port_min() -> u16 {
     40000
@@ -1028,6 +1036,11 @@ impl Config {
             ("migration.replay_timeouts", m.replay_timeouts, 1..=20),
             ("migration.min_rto_ms", m.min_rto_ms, 10..=1000),
             ("migration.fin_retries", m.fin_retries, 0..=10),
+            (
+                "migration.challenge_interval_ms",
+                m.challenge_interval_ms,
+                0..=10_000,
+            ),
         ] {
             if !r.contains(&v) {
                 return err(k, format!("{v} is outside {}..={}", r.start(), r.end()));
@@ -1184,6 +1197,7 @@ impl Config {
             synack_retries: m.synack_retries,
             replay_timeouts: u64::from(m.replay_timeouts),
             fin_retries: m.fin_retries,
+            challenge_interval_us: u64::from(m.challenge_interval_ms) * 1000,
         }
     }
 

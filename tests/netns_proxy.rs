@@ -316,6 +316,7 @@ fn hostile_frames_and_syn_flood_leave_established_flows_working() {
         "table_full",
         "truncated",
         "ipv4_bad_checksum",
+        "tcp_bad_checksum",
         "ipv4_options",
         "tcp_bad_data_offset",
         "tcp_bad_options",
@@ -378,4 +379,248 @@ fn exception_path_reaches_kernel_sockets_on_the_appliance_addresses() {
             && s["proxy"][0]["from_kernel"].as_u64().unwrap() > 100,
         "{s:#}"
     );
+}
+
+/// A line-echo server (python3, threaded) on `ADDR PORT`; accepted sockets keep alive: idle 1 s,
+/// a probe a second, dead after 2 unanswered probes.
+const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+addr, port = sys.argv[1], int(sys.argv[2])
+def keepalive(c):
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port)); s.listen(16)
+def serve(c):
+    try:
+        while True:
+            b = c.recv(4096)
+            if not b: break
+            c.sendall(b)
+    except Exception as e:
+        print("server error", e, flush=True)
+    finally:
+        c.close()
+print("listening", flush=True)
+while True:
+    c, _ = s.accept(); keepalive(c)
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// The chat client: `ADDR PORT LINES GAP_MS IDLE_S` sends LINES numbered lines GAP_MS apart, each
+/// checked when it comes back, then stays idle IDLE_S seconds (with the server's keep-alive
+/// settings) and sends one more. Prints `ok LINES` or what failed.
+const CHAT_CLIENT: &str = r#"
+import socket, sys, time
+addr, port, lines, gap, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+try:
+    c = socket.create_connection((addr, port), timeout=10)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
+    f = c.makefile("rb")
+    def line(i):
+        want = b"line %06d %s\n" % (i, b"x" * 200)
+        c.sendall(want)
+        got = f.readline()
+        if got != want:
+            raise Exception("line %d came back as %r" % (i, got[:40]))
+    for i in range(lines):
+        line(i); time.sleep(gap / 1000)
+    time.sleep(idle)
+    line(lines)
+    print("ok %d" % lines, flush=True)
+except Exception as e:
+    print("FAILED %s" % e, flush=True)
+"#;
+
+/// A blind attacker on `IFACE` (python3, raw socket): `IFACE SPORT|DPORT N KINDS...` learns the
+/// live connection from one segment this namespace sends with that source or destination port
+/// (its addresses, MACs and numbers; spoofing the local end), then sends each kind of segment
+/// 3 times, 50 ms apart. Kinds: rst_far (RST half the sequence space away), rst_inwindow (RST
+/// 5000 bytes past the next byte), rst_badsum (RST at the next byte, bad TCP checksum), syn
+/// (SYN at a random number on the tuple), data_far (data 2^30 away), ack_far (an ACK of 2^30
+/// unsent bytes), data_badsum (100 bytes at the next byte, bad TCP checksum). Prints what it
+/// sent.
+const BLIND: &str = r#"
+import socket, struct, sys, random, time
+iface, which, port, kinds = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+r = random.Random(11)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); s.bind((iface, 0))
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+s.settimeout(10)
+while True:
+    f, a = s.recvfrom(65535)
+    if a[2] != socket.PACKET_OUTGOING or f[12:14] != b"\x08\x00" or f[23] != 6: continue
+    ihl = (f[14] & 15) * 4; t = 14 + ihl
+    sp, dp = struct.unpack("!HH", f[t:t + 4])
+    if (sp if which == "sport" else dp) != port: continue
+    if not f[t + 13] & 0x10: continue
+    break
+eth, src, dst = f[:14], f[26:30], f[30:34]
+sport, dport, seq, ack = struct.unpack("!HHII", f[t:t + 12])
+total = struct.unpack("!H", f[16:18])[0]; doff = (f[t + 12] >> 4) * 4
+nxt = (seq + total - ihl - doff) & 0xffffffff
+def frame(seq, ack, flags, payload=b"", bad=False):
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xffffffff, ack & 0xffffffff, 5 << 4, flags, 1000, 0, 0) + payload
+    c = csum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp) ^ (0x5a5a if bad else 0)
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), r.getrandbits(16), 0x4000, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return eth + ip + tcp
+make = {
+    "rst_far": lambda: frame(nxt + (1 << 31), 0, 0x04),
+    "rst_inwindow": lambda: frame(nxt + 5000, 0, 0x04),
+    "rst_badsum": lambda: frame(nxt, ack, 0x14, bad=True),
+    "syn": lambda: frame(r.getrandbits(32), 0, 0x02),
+    "data_far": lambda: frame(nxt + (1 << 30), ack, 0x18, b"F" * 100),
+    "ack_far": lambda: frame(nxt, ack + (1 << 30), 0x10),
+    "data_badsum": lambda: frame(nxt, ack, 0x18, b"B" * 100, bad=True),
+}
+n = {}
+for k in kinds:
+    for _ in range(3):
+        s.send(make[k]()); n[k] = n.get(k, 0) + 1; time.sleep(0.05)
+print(" ".join("%s=%d" % kv for kv in sorted(n.items())), flush=True)
+"#;
+
+/// Starts the echo server on the chat service's backend (198.19.0.2:6667).
+fn echo_server(t: &Topology) -> common::Killed {
+    let mut c = t
+        .server
+        .spawn(&["python3", "-c", ECHO_SERVER, "198.19.0.2", "6667"]);
+    // Returns once the server printed `listening` (panics if it exits first).
+    common::bed::line_from(&mut c, "listening");
+    common::Killed(c)
+}
+
+fn chat(t: &Topology, lines: u32, gap_ms: u32, idle_s: u32) -> std::process::Child {
+    t.client.spawn(&[
+        "timeout",
+        "120",
+        "python3",
+        "-c",
+        CHAT_CLIENT,
+        "198.18.0.10",
+        "6667",
+        &lines.to_string(),
+        &gap_ms.to_string(),
+        &idle_s.to_string(),
+    ])
+}
+
+fn finish(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+fn counter(m: &std::collections::HashMap<String, u64>, k: &str) -> u64 {
+    m.get(k).copied().unwrap_or(0)
+}
+
+#[test]
+fn keepalives_keep_an_idle_connection_alive_in_both_directions() {
+    let t = topology("k", 1);
+    let _echo = echo_server(&t);
+    let proxy = Proxy::start(&t.cfg, &["--stats-json", t.stats.to_str().unwrap()]);
+    let before = common::bed::counters(&t.server);
+    // Idle for 6 s: each end probes after 1 s and gives up after 2 unanswered probes (3 s).
+    // The probes (sequence number one below what the peer acknowledged, RFC 9293 3.8.4) must
+    // reach the peer as they are, or nobody answers them.
+    let out = finish(chat(&t, 3, 100, 6));
+    let after = common::bed::counters(&t.server);
+    let _ = proxy.stop();
+    assert_eq!(out, "ok 3", "a chat idle for 6 s with keep-alives");
+    let probes = counter(&after, "TcpExt:TCPKeepAlive") - counter(&before, "TcpExt:TCPKeepAlive");
+    assert!(probes >= 3, "the server sent {probes} keep-alive probes");
+}
+
+#[test]
+fn blind_segments_from_either_side_leave_the_flow_alive_and_are_counted() {
+    let t = topology("b", 1);
+    let _echo = echo_server(&t);
+    let proxy = Proxy::start(&t.cfg, &["--stats-json", t.stats.to_str().unwrap()]);
+    let (sb, cb) = (
+        common::bed::counters(&t.server),
+        common::bed::counters(&t.client),
+    );
+    // 60 lines 100 ms apart: the attacks land while the chat runs; then 3 s idle, longer than
+    // the close timeout (1 s) a believed RST would leave the flow.
+    let client = chat(&t, 60, 100, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let kinds = [
+        "rst_far",
+        "rst_inwindow",
+        "rst_badsum",
+        "syn",
+        "data_far",
+        "ack_far",
+        "data_badsum",
+    ];
+    let client_side = t.client.spawn(
+        &[
+            &["python3", "-c", BLIND, "eth0", "dport", "6667"][..],
+            &kinds[..],
+        ]
+        .concat(),
+    );
+    let server_side = t.server.spawn(
+        &[
+            &["python3", "-c", BLIND, "eth0", "sport", "6667"][..],
+            &kinds[..],
+        ]
+        .concat(),
+    );
+    let (a, b) = (finish(client_side), finish(server_side));
+    let out = finish(client);
+    let (sa, ca) = (
+        common::bed::counters(&t.server),
+        common::bed::counters(&t.client),
+    );
+    let stopped = proxy.stop();
+    assert!(stopped.contains("stopped cleanly"), "{stopped}");
+    assert!(
+        a.contains("rst_far=3") && b.contains("rst_far=3"),
+        "attackers: {a} / {b}"
+    );
+    assert_eq!(out, "ok 60", "the chat under blind attack from both sides");
+    // Nothing the attackers sent reached an end: no end had to challenge a segment or drop
+    // one for its checksum (the proxy did both on their behalf).
+    for (name, b, a) in [("server", &sb, &sa), ("client", &cb, &ca)] {
+        for k in [
+            "TcpExt:TCPChallengeACK",
+            "Tcp:InCsumErrors",
+            "TcpExt:TCPACKSkippedSynRecv",
+        ] {
+            assert_eq!(
+                counter(a, k),
+                counter(b, k),
+                "{k} in the {name}'s namespace"
+            );
+        }
+        assert_eq!(
+            counter(a, "TcpExt:TCPAbortOnData") + counter(a, "Tcp:EstabResets"),
+            counter(b, "TcpExt:TCPAbortOnData") + counter(b, "Tcp:EstabResets"),
+            "a connection in the {name}'s namespace was reset"
+        );
+    }
+    let s = t.stats();
+    let p = &s["proxy"][0];
+    assert!(
+        p["drops"]["tcp_bad_checksum"].as_u64().unwrap_or(0) >= 12,
+        "bad checksums counted: {p:#}"
+    );
+    for k in ["blind_dropped", "challenged"] {
+        assert!(p[k].as_u64().unwrap_or(0) > 0, "`{k}` counted: {p:#}");
+    }
 }

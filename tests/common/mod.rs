@@ -264,6 +264,16 @@ impl Drop for Proxy {
     }
 }
 
+/// A child process killed (and reaped) on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -339,7 +349,7 @@ print("ok %d" % conns if not bad else "FAILED %r" % bad[:10])
 /// Raw-socket sender of hostile frames (python3, in the client namespace): `IFACE VIP PORT SYNS`
 /// sends SYNS valid SYNs from random sources to VIP:PORT, then malformed frames of every kind the
 /// wire layer rejects (truncated, bad IPv4 checksum, IPv4 options, fragments, TCP data offsets
-/// out of range, option lengths that overrun, garbage). Prints how many of each it sent.
+/// out of range, option lengths that overrun, SYNs with a bad TCP checksum, garbage). Prints how many of each it sent.
 pub const HOSTILE: &str = r#"
 import socket, struct, sys, random
 iface, vip, port, syns = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -350,12 +360,12 @@ def csum(b):
     if len(b) % 2: b += b"\0"
     t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
     return ~t & 0xffff
-def frame(src, opts=b"", flags=0x02, ipopts=b"", frag=0, doff=None, payload=b"", badip=False):
+def frame(src, opts=b"", flags=0x02, ipopts=b"", frag=0, doff=None, payload=b"", badip=False, badtcp=False):
     tcp = struct.pack("!HHIIBBHHH", r.randrange(1024, 65535), port, r.getrandbits(32), 0,
                       ((doff if doff is not None else (20 + len(opts)) // 4) << 4), flags, 65535, 0, 0) + opts + payload
     d = socket.inet_aton(vip)
     ph = src + d + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", csum(ph + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", csum(ph + tcp) ^ (0x2222 if badtcp else 0)) + tcp[18:]
     ihl = 5 + len(ipopts) // 4
     ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(tcp), r.getrandbits(16), frag, 64, 6, 0, src, d) + ipopts
     c = csum(ip) ^ (0x1111 if badip else 0)
@@ -370,6 +380,7 @@ for _ in range(200):
     good = frame(rsrc())
     send("truncated", good[:r.randrange(14, 53)])
     send("bad_ip_checksum", frame(rsrc(), badip=True))
+    send("bad_tcp_checksum", frame(rsrc(), badtcp=True))
     send("ip_options", frame(rsrc(), ipopts=b"\x01\x01\x01\x00"))
     send("fragment", frame(rsrc(), frag=0x2000))
     send("bad_data_offset", frame(rsrc(), doff=r.choice([0, 1, 4, 15])))

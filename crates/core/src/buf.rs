@@ -19,6 +19,17 @@ impl SharedBuf for Vec<u8> {
     }
 }
 
+/// What the receiving NIC found of a frame's TCP checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Not checked (no offload, or not TCP): the data plane checks it in software.
+    Unknown,
+    /// Checked and correct.
+    Good,
+    /// Checked and wrong.
+    Bad,
+}
+
 /// A frame buffer the data plane receives, rewrites and builds segments into.
 pub trait FrameBuf: SharedBuf {
     /// Sets the frame's length to `len` bytes (the contents of any new bytes are unspecified);
@@ -30,6 +41,12 @@ pub trait FrameBuf: SharedBuf {
     #[inline(always)]
     fn prefetch(p: *const u8) {
         let _ = p;
+    }
+
+    /// What the NIC found of the TCP checksum of a received frame (the default: unchecked).
+    #[inline(always)]
+    fn rx_checksum(&self) -> RxChecksum {
+        RxChecksum::Unknown
     }
 }
 

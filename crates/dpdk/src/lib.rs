@@ -703,6 +703,19 @@ impl tsmp_core::buf::FrameBuf for Mbuf {
     fn prefetch(p: *const u8) {
         sys::prefetch0(p);
     }
+
+    #[inline(always)]
+    fn rx_checksum(&self) -> tsmp_core::buf::RxChecksum {
+        use tsmp_core::buf::RxChecksum;
+        // SAFETY: reading a field of an mbuf we own.
+        let flags = unsafe { (*self.raw.as_ptr()).ol_flags };
+        match flags & u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_MASK) {
+            f if f == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_GOOD) => RxChecksum::Good,
+            f if f == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_BAD) => RxChecksum::Bad,
+            // UNKNOWN, or NONE (the field was never filled in: the data plane checks it).
+            _ => RxChecksum::Unknown,
+        }
+    }
 }
 
 impl Drop for Mbuf {
@@ -1102,6 +1115,8 @@ pub struct Port<'pool> {
 /// RSS hash functions for IPv4/TCP (DPDK's RTE_ETH_RSS_IPV4 | FRAG_IPV4 | NONFRAG_IPV4_TCP |
 /// NONFRAG_IPV4_OTHER; bit macros bindgen cannot translate).
 const RSS_IPV4_TCP: u64 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6);
+/// RTE_ETH_RX_OFFLOAD_TCP_CKSUM: the NIC checks TCP checksums and says so in the mbuf.
+const RX_OFFLOAD_TCP_CKSUM: u64 = 1 << 3;
 
 impl<'pool> Port<'pool> {
     /// Configures queues on `pool`, starts the port and enables promiscuous mode if asked.
@@ -1154,6 +1169,8 @@ impl<'pool> Port<'pool> {
             Some(true) => true,
         };
         let mut conf: sys::rte_eth_conf = Default::default();
+        // Where the NIC can check TCP checksums it does, and the data plane skips its own pass.
+        conf.rxmode.offloads |= dev.rx_offload_capa & RX_OFFLOAD_TCP_CKSUM;
         if rss {
             conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
             conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;

@@ -90,12 +90,14 @@ impl<B: FrameBuf> Dataplane<B> {
     /// `engine_cfg`, all engines' caches together bounded by `budget`; `advise` is offered the
     /// engine arena's chunks (huge pages) before they are touched.
     pub fn new(
-        core: ProxyCore,
+        mut core: ProxyCore,
         worker: usize,
         engine_cfg: EngineConfig,
         budget: Budget,
         advise: Option<Advise>,
     ) -> Dataplane<B> {
+        // A segment moves its flow's tracking only once its engine accepted it.
+        core.defer_tracking();
         let capacity = core.flows.capacity();
         let engines = Arena::new(capacity, advise);
         let timer_set = vec![false; capacity];
@@ -186,7 +188,8 @@ impl<B: FrameBuf> Dataplane<B> {
     /// and whatever it caused go to `io`.
     #[inline(always)]
     pub fn handle(&mut self, port: usize, mut b: B, io: &mut impl Io<B>) {
-        let v = self.core.process(port, b.as_mut());
+        let csum = b.rx_checksum();
+        let v = self.core.process_checked(port, b.as_mut(), csum);
         self.release_closed();
         match v {
             Verdict::Tx(p) => match self.core.last_hit() {
@@ -229,6 +232,7 @@ impl<B: FrameBuf> Dataplane<B> {
         }
         let Some(Some(e)) = self.engines.get_mut(slot) else {
             // A flow older than its engine (none is): forward as the NAT decided.
+            self.core.commit(&hit);
             io.tx(port, b);
             return;
         };
@@ -237,14 +241,24 @@ impl<B: FrameBuf> Dataplane<B> {
         } else {
             Leg::Device(hit.device)
         };
-        let overflow = e.stats.rolling_overflow;
+        let before = e.stats;
         match e.on_classified(self.now_us, from, b, &hit.meta, &mut self.budget) {
             // The NAT already translated the frame toward the leg the engine forwards it to
             // (server segments to the current device, device segments to the server).
-            EngineVerdict::Forward(_, b) => io.tx(port, b),
-            EngineVerdict::Consumed | EngineVerdict::Drop(_) => {}
+            EngineVerdict::Forward(_, b) => {
+                self.core.commit(&hit);
+                io.tx(port, b);
+            }
+            // Absorbed on the flow's behalf (cached, answered): the flow is not idle, and its
+            // tracking does not see what its peer never will (an old device's FIN or RST).
+            EngineVerdict::Consumed => self.core.touch(&hit),
+            // Refused (blind, out of window): the flow is as it was.
+            EngineVerdict::Drop(_) => {}
         }
-        self.stats.migration.cache_overflow += e.stats.rolling_overflow - overflow;
+        let (after, m) = (&e.stats, &mut self.stats.migration);
+        m.cache_overflow += after.rolling_overflow - before.rolling_overflow;
+        m.blind_dropped += after.blind_dropped - before.blind_dropped;
+        m.challenged += after.challenged - before.challenged;
         self.after_engine(hit.slot, io);
     }
 

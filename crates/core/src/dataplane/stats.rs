@@ -51,11 +51,17 @@ pub struct MigrationCounters {
     pub migrations_reset: u64,
     /// Segments an engine asked for that could not be built from its cache (never sent short).
     pub emit_failed: u64,
+    /// Segments refused as blind (RFC 5961: a RST, SYN, data or ACK outside what the ends
+    /// sent and accept); the flow is unchanged.
+    pub blind_dropped: u64,
+    /// Challenge ACKs the proxy sent on an end's behalf (to an in-window RST or a SYN on a live
+    /// connection; RFC 5961 3.2, 4.2), instead of forwarding the segment.
+    pub challenged: u64,
 }
 
 impl MigrationCounters {
     /// Number of counters.
-    pub const N: usize = 11;
+    pub const N: usize = 13;
 
     /// The counters in declaration order (for publication as atomics).
     pub fn to_array(self) -> [u64; Self::N] {
@@ -71,12 +77,14 @@ impl MigrationCounters {
             self.migrations_cancelled,
             self.migrations_reset,
             self.emit_failed,
+            self.blind_dropped,
+            self.challenged,
         ]
     }
 
     /// The inverse of [`MigrationCounters::to_array`].
     pub fn from_array(a: [u64; Self::N]) -> Self {
-        let [engines_active, cache_bytes, cache_bufs, cache_bufs_peak, cache_overflow, engine_emitted, migrations_started, migrations_done, migrations_cancelled, migrations_reset, emit_failed] =
+        let [engines_active, cache_bytes, cache_bufs, cache_bufs_peak, cache_overflow, engine_emitted, migrations_started, migrations_done, migrations_cancelled, migrations_reset, emit_failed, blind_dropped, challenged] =
             a;
         MigrationCounters {
             engines_active,
@@ -90,6 +98,8 @@ impl MigrationCounters {
             migrations_cancelled,
             migrations_reset,
             emit_failed,
+            blind_dropped,
+            challenged,
         }
     }
 }

@@ -37,9 +37,11 @@ use std::collections::VecDeque;
 
 use hashbrown::HashMap;
 
+use crate::buf::RxChecksum;
 use crate::wire::build::Endpoints;
 use crate::wire::{
-    self, checksum, DropReason, Frame, SeqNumber, TcpFlags, TcpMeta, TcpSegmentMut, ETH_LEN,
+    self, checksum, tcp_checksum_ok, DropReason, Frame, SeqNumber, TcpFlags, TcpMeta,
+    TcpSegmentMut, ETH_LEN,
 };
 use flow::{fin, Flow, FlowTable, Key, LegOptions, TcpState, TICK_MS};
 pub use index::FlowHasher;
@@ -228,6 +230,11 @@ pub struct ProxyCore {
     exception: Option<Exception>,
     /// The flow the last forwarded TCP frame belonged to.
     hit: Option<FlowHit>,
+    /// Segments move the flow's tracking only when the caller says so ([`ProxyCore::commit`],
+    /// after the migration engine accepted them), not while they are translated.
+    defer_tracking: bool,
+    /// What the NIC said of the TCP checksum of the frame being processed.
+    rx_checksum: RxChecksum,
     /// Slots of flows removed since the last `take_closed` (capacity: the table's).
     closed: Vec<u32>,
     /// Migration ports this worker may hand out (`port % workers == worker`).
@@ -270,6 +277,9 @@ pub struct FlowHit {
     /// The segment's checked offsets and fields (classified before the NAT rewrite, which moves
     /// no offset and changes neither sequence numbers, flags nor window).
     pub meta: TcpMeta,
+    /// The segment is the current device's or the server's: once accepted it moves the flow's
+    /// tracking ([`ProxyCore::commit`]; with deferred tracking only).
+    pub track: bool,
 }
 
 /// Where a device of a migrating flow is (the flow's own fields describe the current one).
@@ -415,6 +425,8 @@ impl ProxyCore {
             now_ms,
             exception: None,
             hit: None,
+            defer_tracking: false,
+            rx_checksum: RxChecksum::Unknown,
             closed: Vec::with_capacity(s.max_flows as usize),
             mports_free: (s.migration_ports.0..=s.migration_ports.1)
                 .filter(|p| usize::from(*p) % workers == worker)
@@ -481,6 +493,13 @@ impl ProxyCore {
 
     /// Processes one frame received on port index `port`.
     pub fn process(&mut self, port: usize, f: &mut [u8]) -> Verdict {
+        self.process_checked(port, f, RxChecksum::Unknown)
+    }
+
+    /// [`ProxyCore::process`] for a frame whose TCP checksum the NIC may have checked
+    /// (`Unknown`: checked here, in software, once the segment is known to be this worker's).
+    pub fn process_checked(&mut self, port: usize, f: &mut [u8], csum: RxChecksum) -> Verdict {
+        self.rx_checksum = csum;
         self.hit = None;
         let v = self.process_inner(port, f);
         match v {
@@ -611,6 +630,28 @@ impl ProxyCore {
     /// forwarded TCP segment of a flow.
     pub fn last_hit(&self) -> Option<FlowHit> {
         self.hit
+    }
+
+    /// From now on a forwarded segment does not move its flow's tracking (state, FINs, expiry)
+    /// by itself: the caller decides, after its own checks, with [`ProxyCore::commit`] (the
+    /// segment goes on as it is) or [`ProxyCore::touch`] (it was absorbed: only the idle timer
+    /// restarts). A segment the caller drops leaves the flow as it was.
+    pub fn defer_tracking(&mut self) {
+        self.defer_tracking = true;
+    }
+
+    /// The segment of `hit` was accepted: it moves its flow's tracking.
+    pub fn commit(&mut self, hit: &FlowHit) {
+        if hit.track && self.flows.contains(hit.slot) {
+            self.track(hit.slot, !hit.from_server, &hit.meta);
+        }
+    }
+
+    /// The segment of `hit` was absorbed on the flow's behalf: the flow is not idle.
+    pub fn touch(&mut self, hit: &FlowHit) {
+        if hit.track && self.flows.contains(hit.slot) {
+            self.refresh_expiry(hit.slot, None);
+        }
     }
 
     /// Slots of the flows removed (closed, expired, replaced) since the last call: state kept

@@ -44,6 +44,9 @@ impl ProxyCore {
         if owner != self.worker {
             return Verdict::HandOff(owner);
         }
+        if !self.checksum_ok(f, m) {
+            return Verdict::Drop(Cause::Wire(DropReason::TcpBadChecksum));
+        }
         let is_syn = m.flags.has(TcpFlags::SYN) && !m.flags.has(TcpFlags::ACK);
         // The flow whose current device this is (most segments end here). A key is in the
         // index or among `legs`, never both: a device leaves the index when it stops being
@@ -110,6 +113,17 @@ impl ProxyCore {
         self.forward_to_server(f, m, idx, gen, created && is_syn, true)
     }
 
+    /// Whether the segment's TCP checksum is right: the NIC's word when it checked, else one
+    /// pass over the segment.
+    #[inline]
+    fn checksum_ok(&self, f: &[u8], m: &TcpMeta) -> bool {
+        match self.rx_checksum {
+            RxChecksum::Good => true,
+            RxChecksum::Bad => false,
+            RxChecksum::Unknown => tcp_checksum_ok(f, m),
+        }
+    }
+
     /// The device generation that currently holds flow `slot`.
     pub(super) fn current_device(&self, slot: u32) -> u32 {
         if self.current.is_empty() || !self.flows.contains(slot) || !self.flows.get(slot).moved() {
@@ -162,7 +176,7 @@ impl ProxyCore {
         }
         s.set_tuple(fl.snat.0, fl.backend.0, fl.snat.1, fl.backend.1);
         set_macs(f, mac, self.server.mac);
-        if track {
+        if track && !self.defer_tracking {
             self.track(idx, true, m);
         }
         self.hit = Some(FlowHit {
@@ -171,6 +185,7 @@ impl ProxyCore {
             created,
             device: gen,
             meta: *m,
+            track,
         });
         Verdict::Tx(self.server.port)
     }
@@ -186,6 +201,9 @@ impl ProxyCore {
         let owner = usize::from(m.dport) % self.workers;
         if owner != self.worker {
             return Verdict::HandOff(owner);
+        }
+        if !self.checksum_ok(f, m) {
+            return Verdict::Drop(Cause::Wire(DropReason::TcpBadChecksum));
         }
         let k = Key {
             src: ip_u32(m.src),
@@ -211,13 +229,16 @@ impl ProxyCore {
         }
         s.set_tuple(fl.vip.0, fl.client.0, fl.vip.1, fl.client.1);
         set_macs(f, fl.client_mac, self.client.mac);
-        self.track(idx, false, m);
+        if !self.defer_tracking {
+            self.track(idx, false, m);
+        }
         self.hit = Some(FlowHit {
             slot: idx,
             from_server: true,
             created: false,
             device: 0,
             meta: *m,
+            track: true,
         });
         Verdict::Tx(self.client.port)
     }
@@ -253,13 +274,6 @@ impl ProxyCore {
 
     /// Updates the tracking state of a flow for a segment in one direction, and its expiry.
     pub(super) fn track(&mut self, idx: u32, from_client: bool, m: &TcpMeta) {
-        let now = self.now_tick();
-        let timeouts = self.timeouts;
-        let jitter = if self.jitter_ticks > 0 {
-            idx.wrapping_mul(2_654_435_761) % self.jitter_ticks
-        } else {
-            0
-        };
         let fl = self.flows.get_mut(idx);
         let before = fl.state;
         let fl_flags = m.flags;
@@ -317,12 +331,24 @@ impl ProxyCore {
                 fl.state = TcpState::TimeWait;
             }
         }
-        let new_exp = now
-            .wrapping_add(timeouts[fl.state as usize])
-            .wrapping_add(jitter);
+        self.refresh_expiry(idx, Some(before));
+    }
+
+    /// Restarts the idle timer of flow `idx` for its state; `before`: its state before the
+    /// segment (a new state with a shorter timeout moves it in the wheel).
+    pub(super) fn refresh_expiry(&mut self, idx: u32, before: Option<TcpState>) {
+        let now = self.now_tick();
+        let jitter = if self.jitter_ticks > 0 {
+            idx.wrapping_mul(2_654_435_761) % self.jitter_ticks
+        } else {
+            0
+        };
+        let timeout = self.timeouts[self.flows.get(idx).state as usize];
+        let fl = self.flows.get_mut(idx);
+        let new_exp = now.wrapping_add(timeout).wrapping_add(jitter);
         let shorter = i32::from_ne_bytes(new_exp.wrapping_sub(fl.expires).to_ne_bytes()) < 0;
         fl.expires = new_exp;
-        if before != fl.state && shorter {
+        if before.is_some_and(|b| b != fl.state) && shorter {
             self.flows.reschedule(idx);
         }
     }

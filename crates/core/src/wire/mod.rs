@@ -58,11 +58,14 @@ pub enum DropReason {
     TcpBadDataOffset,
     /// TCP options whose lengths overrun the header.
     TcpBadOptions,
+    /// TCP checksum wrong (checked by the NIC or in software, before the segment moves any
+    /// state or is cached: a corrupted segment is never acknowledged on its sender's behalf).
+    TcpBadChecksum,
 }
 
 impl DropReason {
     /// Number of reasons (for counter arrays).
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// All reasons, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -75,6 +78,7 @@ impl DropReason {
         DropReason::Ipv4BadTotalLen,
         DropReason::TcpBadDataOffset,
         DropReason::TcpBadOptions,
+        DropReason::TcpBadChecksum,
     ];
 
     /// Stable name for counters and the CLI.
@@ -89,6 +93,7 @@ impl DropReason {
             DropReason::Ipv4BadTotalLen => "ipv4_bad_total_len",
             DropReason::TcpBadDataOffset => "tcp_bad_data_offset",
             DropReason::TcpBadOptions => "tcp_bad_options",
+            DropReason::TcpBadChecksum => "tcp_bad_checksum",
         }
     }
 }

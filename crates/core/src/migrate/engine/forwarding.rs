@@ -173,7 +173,7 @@ impl<B: SharedBuf> Engine<B> {
         let strip_ts = self.srv.ts && !leg.ts;
         let lift = pure_ack(seg)
             .then_some(leg.ack)
-            .filter(|a| a.diff(seg.seq) > 0);
+            .filter(|a| liftable(seg.seq, *a));
         rewrite(buf, seg, |v| {
             leg.sp
                 .server_to_device(v, seg.seq, seg.ack.unwrap_or(SeqNumber(0)));
@@ -233,7 +233,7 @@ impl<B: SharedBuf> Engine<B> {
         let mut tsval = None;
         let lift = pure_ack(&seg)
             .then_some(self.srv.c_una)
-            .filter(|u| u.diff(cseq) > 0);
+            .filter(|u| liftable(cseq, *u));
         rewrite(&mut buf, &seg, |v| {
             if seg.ack.is_some() {
                 sp.device_to_server(v, seg.seq, ack, seg.window);

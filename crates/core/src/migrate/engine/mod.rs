@@ -77,6 +77,7 @@ use crate::wire::{classify, Frame, SeqNumber, TcpFlags, TcpMeta, TcpSegmentMut};
 
 mod closing;
 mod forwarding;
+mod guard;
 mod output;
 mod paused;
 mod resuming;
@@ -116,6 +117,9 @@ pub struct EngineConfig {
     pub replay_timeouts: u64,
     /// FIN retransmissions toward the old device.
     pub fin_retries: u32,
+    /// Least time between two challenge ACKs of one flow, microseconds (Linux:
+    /// `tcp_invalid_ratelimit`, 500 ms): a flood of blind RSTs or SYNs gets few answers.
+    pub challenge_interval_us: u64,
 }
 
 impl Default for EngineConfig {
@@ -129,6 +133,7 @@ impl Default for EngineConfig {
             synack_retries: 5,
             replay_timeouts: 6,
             fin_retries: 4,
+            challenge_interval_us: 500_000,
         }
     }
 }
@@ -378,6 +383,10 @@ pub struct EngineStats {
     pub c2s_retransmits: u64,
     /// Bytes replayed to devices.
     pub replayed_bytes: u64,
+    /// Segments refused as blind (see the guard: out of window, an ACK of unsent bytes).
+    pub blind_dropped: u64,
+    /// Challenge ACKs sent on an end's behalf.
+    pub challenged: u64,
 }
 
 /// The migration engine of one flow.
@@ -393,6 +402,8 @@ pub struct Engine<B> {
     out: VecDeque<Emit>,
     events: VecDeque<Event>,
     next_gen: u32,
+    /// When the last challenge ACK left (`None`: never).
+    challenged_at: Option<u64>,
     /// Counters.
     pub stats: EngineStats,
 }
@@ -441,6 +452,7 @@ impl<B: SharedBuf> Engine<B> {
             out: VecDeque::new(),
             events: VecDeque::new(),
             next_gen: 1,
+            challenged_at: None,
             stats: EngineStats::default(),
         }
     }
@@ -649,6 +661,9 @@ impl<B: SharedBuf> Engine<B> {
         let Some(seg) = parse(buf.as_mut(), *meta) else {
             return Verdict::Drop(buf);
         };
+        if matches!(self.state, State::Forwarding(_)) && !self.accept(now, from, &seg) {
+            return Verdict::Drop(buf);
+        }
         let state = std::mem::replace(&mut self.state, State::Closed(None));
         // Every (state, input) pair is decided here; each arm's handler returns the next state.
         let (state, v) = match (state, from) {

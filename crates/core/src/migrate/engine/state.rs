@@ -272,6 +272,14 @@ pub(super) fn pure_ack(seg: &Seg) -> bool {
         && !seg.has(TcpFlags::RST)
 }
 
+/// Whether a pure ACK at `seq` is lifted to the receiver's last ACK `acked`: when it lies below
+/// it, except exactly one below. That one is a keep-alive or a zero-window probe (RFC 9293
+/// 3.8.4, Linux sends both at SND.UNA - 1): the receiver must see it out of window to answer
+/// it, and lifted it would be a duplicate ACK nobody answers (the prober gives up).
+pub(super) fn liftable(seq: SeqNumber, acked: SeqNumber) -> bool {
+    acked.diff(seq) > 1
+}
+
 /// Bytes from `from` up to `to` (0 when `to` is not after `from`).
 pub(super) fn span(to: SeqNumber, from: SeqNumber) -> u64 {
     u64::from(u32::try_from(to.diff(from)).unwrap_or(0))

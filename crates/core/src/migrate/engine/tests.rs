@@ -267,3 +267,166 @@ fn after_a_cancel_the_old_device_is_whole_again() {
         "the phone's data goes to the server"
     );
 }
+
+impl T {
+    /// The frame as forwarded (rewritten), or `None` if it was not.
+    fn forwarded(&mut self, from: Leg, f: Vec<u8>) -> Option<Vec<u8>> {
+        self.now += 1_000;
+        match self.e.on_segment(self.now, from, f, &mut self.b) {
+            Verdict::Forward(_, b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn sent(&mut self) -> Vec<Emit> {
+        std::iter::from_fn(|| self.e.poll_transmit(self.now)).collect()
+    }
+}
+
+fn seq_of(f: &[u8]) -> u32 {
+    match classify(f) {
+        Ok(Frame::Tcp(m)) => m.seq.0,
+        other => panic!("not TCP: {other:?}"),
+    }
+}
+
+/// An established flow where the server sent 3000 bytes and the device acknowledged them.
+fn idle_flow() -> T {
+    let mut t = T::established(EngineConfig::default(), 1 << 20);
+    for i in 0..3 {
+        assert!(t.server_data(i * 1000, 1000));
+    }
+    assert!(t.device_ack(3000));
+    let _ = t.sent();
+    t
+}
+
+#[test]
+fn keepalives_and_window_probes_pass_one_below_the_peers_ack() {
+    let mut t = idle_flow();
+    // The device's keep-alive: SND.UNA - 1, no data (RFC 9293 3.8.4).
+    let ka = TcpFields {
+        seq: SeqNumber(C_ISN),
+        ack: SeqNumber(S_ISN) + 1 + 3000,
+        flags: TcpFlags::ACK,
+        window: 8_192,
+        ts: Some((300, TS_S)),
+        ..TcpFields::default()
+    };
+    let f = t
+        .forwarded(Leg::Device(0), frame(ka, 0))
+        .expect("forwarded");
+    assert_eq!(
+        seq_of(&f),
+        C_ISN,
+        "the server sees it out of window and answers"
+    );
+    // The server's window probe (or keep-alive) toward the device, at its SND.UNA - 1.
+    let probe = TcpFields {
+        seq: SeqNumber(S_ISN) + 3000,
+        ack: SeqNumber(C_ISN + 1),
+        flags: TcpFlags::ACK,
+        window: 1_000,
+        ts: Some((TS_S + 9_000, 300)),
+        ..TcpFields::default()
+    };
+    let f = t
+        .forwarded(Leg::Server, frame(probe, 0))
+        .expect("forwarded");
+    assert_eq!(seq_of(&f), S_ISN.wrapping_add(3000));
+    assert!(t.sent().is_empty(), "the proxy answers nothing itself");
+}
+
+#[test]
+fn an_in_window_rst_from_the_server_is_challenged_on_the_devices_behalf() {
+    let mut t = idle_flow();
+    let rst = |off: u32| TcpFields {
+        seq: SeqNumber(S_ISN) + 1 + off,
+        flags: TcpFlags::RST,
+        ..TcpFields::default()
+    };
+    // In the window but not where the device expects it (3000): dropped, challenged.
+    assert!(t.forwarded(Leg::Server, frame(rst(8000), 0)).is_none());
+    let sent = t.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let c = sent[0];
+    assert_eq!(c.to, Leg::Server);
+    assert_eq!(
+        (c.fields.seq, off(c.fields.ack)),
+        (SeqNumber(C_ISN + 1), 3000)
+    );
+    assert_eq!(c.fields.flags, TcpFlags::ACK);
+    assert_eq!(
+        c.fields.ts,
+        Some((200, TS_S + 2000)),
+        "the device's TSval, the server's TSecr"
+    );
+    // A second one within the interval: dropped, no second challenge.
+    assert!(t.forwarded(Leg::Server, frame(rst(9000), 0)).is_none());
+    assert!(t.sent().is_empty());
+    // Out of the window: dropped silently.
+    assert!(t.forwarded(Leg::Server, frame(rst(1 << 31), 0)).is_none());
+    assert_eq!(t.e.phase(), Phase::Forwarding);
+    assert_eq!((t.e.stats.blind_dropped, t.e.stats.challenged), (3, 1));
+    // The genuine server answers the challenge at the exact number: believed.
+    assert!(t.forwarded(Leg::Server, frame(rst(3000), 0)).is_some());
+    assert_eq!(t.e.phase(), Phase::Closed);
+}
+
+#[test]
+fn a_syn_on_the_live_tuple_is_challenged_and_a_blind_ack_changes_nothing() {
+    let mut t = idle_flow();
+    let syn = TcpFields {
+        seq: SeqNumber(0x1234_5678),
+        flags: TcpFlags::SYN,
+        window: 65_535,
+        ..TcpFields::default()
+    };
+    assert!(t.forwarded(Leg::Device(0), frame(syn, 0)).is_none());
+    let sent = t.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let c = sent[0];
+    assert_eq!(c.to, Leg::Device(0));
+    assert_eq!(
+        (off(c.fields.seq), c.fields.ack),
+        (3000, SeqNumber(C_ISN + 1)),
+        "the server's next byte, the client bytes it acknowledged"
+    );
+    // The first SYN again (its SYN-ACK lost) still reaches the server.
+    let again = TcpFields {
+        seq: SeqNumber(C_ISN),
+        flags: TcpFlags::SYN,
+        window: 65_535,
+        ..TcpFields::default()
+    };
+    assert!(t.forwarded(Leg::Device(0), frame(again, 0)).is_some());
+    // An ACK of server bytes never sent, and data half the space away: dropped, and the
+    // legs' numbers are unchanged (a migration still freezes at 3000).
+    let blind_ack = TcpFields {
+        seq: SeqNumber(C_ISN + 1),
+        ack: SeqNumber(S_ISN) + 1 + (1 << 30),
+        flags: TcpFlags::ACK,
+        window: 8_192,
+        ..TcpFields::default()
+    };
+    assert!(t.forwarded(Leg::Device(0), frame(blind_ack, 0)).is_none());
+    let blind_data = TcpFields {
+        seq: SeqNumber(C_ISN + 1) + (1 << 31),
+        ack: SeqNumber(S_ISN) + 1 + 3000,
+        flags: TcpFlags::ACK,
+        window: 8_192,
+        ..TcpFields::default()
+    };
+    assert!(t
+        .forwarded(Leg::Device(0), frame(blind_data, 100))
+        .is_none());
+    assert_eq!(t.e.stats.blind_dropped, 3);
+    let now = t.now;
+    assert_eq!(t.e.migrate(now, None, &mut t.b), Ok(1));
+    let acks = t.sent_to_server();
+    assert_eq!(
+        (acks[0].seq, off(acks[0].ack)),
+        (SeqNumber(C_ISN + 1), 3000),
+        "the freeze ACK is built from the real numbers"
+    );
+}
