@@ -232,7 +232,7 @@ impl<B: FrameBuf> Dataplane<B> {
         }
         let Some(Some(e)) = self.engines.get_mut(slot) else {
             // A flow older than its engine (none is): forward as the NAT decided.
-            self.core.commit(&hit);
+            self.core.commit(&hit, b.as_ref());
             io.tx(port, b);
             return;
         };
@@ -246,7 +246,7 @@ impl<B: FrameBuf> Dataplane<B> {
             // The NAT already translated the frame toward the leg the engine forwards it to
             // (server segments to the current device, device segments to the server).
             EngineVerdict::Forward(_, b) => {
-                self.core.commit(&hit);
+                self.core.commit(&hit, b.as_ref());
                 io.tx(port, b);
             }
             // Absorbed on the flow's behalf (cached, answered): the flow is not idle, and its

@@ -640,11 +640,27 @@ impl ProxyCore {
         self.defer_tracking = true;
     }
 
-    /// The segment of `hit` was accepted: it moves its flow's tracking.
-    pub fn commit(&mut self, hit: &FlowHit) {
-        if hit.track && self.flows.contains(hit.slot) {
-            self.track(hit.slot, !hit.from_server, &hit.meta);
+    /// The segment of `hit` was accepted and goes on as `frame` (rewritten in place): it moves
+    /// its flow's tracking. The tracking compares FINs and ACKs in the numbers the server
+    /// uses, so a device's segment is read as rewritten toward the server (after a migration
+    /// its device's numbers differ by the splice's offsets), a server's as it came.
+    pub fn commit(&mut self, hit: &FlowHit, frame: &[u8]) {
+        if !hit.track || !self.flows.contains(hit.slot) {
+            return;
         }
+        let mut m = hit.meta;
+        if !hit.from_server {
+            let at = |o: usize| {
+                frame
+                    .get(m.l4 + o..m.l4 + o + 4)
+                    .map(|b| SeqNumber(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+            };
+            if let (Some(seq), Some(ack)) = (at(4), at(8)) {
+                m.seq = seq;
+                m.ack = ack;
+            }
+        }
+        self.track(hit.slot, !hit.from_server, &m);
     }
 
     /// The segment of `hit` was absorbed on the flow's behalf: the flow is not idle.
