@@ -63,8 +63,23 @@ struct Run {
 /// The chat: `messages` messages, one every 2 ms; after the phone read `lost_after` of them its
 /// link goes dead, `dead_us` later the flow is moved to the PC, which connects 20 ms after that.
 fn chat(seed: u64, messages: u64, lost_after: u64, dead_us: u64, link: Link) -> Run {
+    chat_with(seed, messages, lost_after, dead_us, link, 20_000, 7200)
+}
+
+/// [`chat`] with the PC connecting `pc_after_us` after the request, under an idle timeout of
+/// `timeout_established_s` for established flows.
+fn chat_with(
+    seed: u64,
+    messages: u64,
+    lost_after: u64,
+    dead_us: u64,
+    link: Link,
+    pc_after_us: u64,
+    timeout_established_s: u32,
+) -> Run {
     let settings = ProxySettings {
         timeout_jitter_ms: 0,
+        timeout_established_s,
         ..ProxySettings::lab(PORT_MACS)
     };
     let mut server = Host::new(SERVER, 24, [198, 19, 0, 254], 64 * 1024, 1500);
@@ -148,7 +163,7 @@ fn chat(seed: u64, messages: u64, lost_after: u64, dead_us: u64, link: Link) -> 
             requested_at = Some((net.now, m.migration_port));
         }
         if let Some((at, port)) = requested_at {
-            if !pc_connected && net.now >= at + 20_000 {
+            if !pc_connected && net.now >= at + pc_after_us {
                 connect(&mut net, pc, port, 42000);
                 pc_connected = true;
             }
@@ -274,6 +289,25 @@ fn a_replay_gathers_each_segment_from_many_small_cached_segments() {
         "the replay carried {} bytes: the cache did not fill with small segments",
         r.replayed
     );
+}
+
+#[test]
+fn a_flow_whose_idle_timer_runs_out_while_frozen_is_held_until_its_migration_ends() {
+    // The PC connects 2.5 s after the request, within the deadline (10 s) but past the idle
+    // timeout (1 s): the frozen server only probes the zero window, ever more rarely (0.2 s,
+    // 0.4 s, 0.8 s, 1.6 s apart), and the idle timer runs out while the flow migrates.
+    let r = chat_with(
+        5,
+        2_000,
+        90,
+        100_000,
+        Link::new(10_000, 50_000_000, 0),
+        2_500_000,
+        1,
+    );
+    check(5, &r);
+    let m = r.net.dp.stats().migration;
+    assert!(m.expiry_held > 0, "the idle timer never ran out: {m:?}");
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::net::SocketAddrV4;
 
 use crate::buf::FrameBuf;
 use crate::migrate::cache::Budget;
-use crate::migrate::engine::{Engine, EngineConfig, Event, Leg, Verdict as EngineVerdict};
+use crate::migrate::engine::{Engine, EngineConfig, Event, Leg, Phase, Verdict as EngineVerdict};
 use crate::proxy::arena::Arena;
 use crate::proxy::index::Advise;
 use crate::proxy::{FlowHit, ProxyCore, Verdict};
@@ -281,7 +281,10 @@ impl<B: FrameBuf> Dataplane<B> {
                     m.migrations_done += 1;
                 }
                 Event::Cancelled { .. } => m.migrations_cancelled += 1,
-                Event::Reset { .. } => m.migrations_reset += 1,
+                Event::Reset { .. } => {
+                    m.migrations_reset += 1;
+                    self.core.reset_tracking(slot);
+                }
                 _ => {}
             }
             io.event(slot, ev);
@@ -399,7 +402,15 @@ impl<B: FrameBuf> Dataplane<B> {
         for (ip, mac) in self.core.take_learned() {
             io.learned(ip, mac);
         }
-        self.core.expire(expire_slots);
+        let (engines, held) = (&self.engines, &mut self.stats.migration.expiry_held);
+        self.core.expire_holding(expire_slots, |slot| {
+            let migrating = engines
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|e| matches!(e.phase(), Phase::Paused | Phase::Resuming));
+            *held += u64::from(migrating);
+            migrating
+        });
         self.release_closed();
         self.run_timers(io);
         self.refresh_stats();

@@ -57,11 +57,14 @@ pub struct MigrationCounters {
     /// Challenge ACKs the proxy sent on an end's behalf (to an in-window RST or a SYN on a live
     /// connection; RFC 5961 3.2, 4.2), instead of forwarding the segment.
     pub challenged: u64,
+    /// Idle expiries put off because the flow was migrating (the migration's deadlines bound
+    /// it; the flow expires normally after).
+    pub expiry_held: u64,
 }
 
 impl MigrationCounters {
     /// Number of counters.
-    pub const N: usize = 13;
+    pub const N: usize = 14;
 
     /// The counters in declaration order (for publication as atomics).
     pub fn to_array(self) -> [u64; Self::N] {
@@ -79,12 +82,13 @@ impl MigrationCounters {
             self.emit_failed,
             self.blind_dropped,
             self.challenged,
+            self.expiry_held,
         ]
     }
 
     /// The inverse of [`MigrationCounters::to_array`].
     pub fn from_array(a: [u64; Self::N]) -> Self {
-        let [engines_active, cache_bytes, cache_bufs, cache_bufs_peak, cache_overflow, engine_emitted, migrations_started, migrations_done, migrations_cancelled, migrations_reset, emit_failed, blind_dropped, challenged] =
+        let [engines_active, cache_bytes, cache_bufs, cache_bufs_peak, cache_overflow, engine_emitted, migrations_started, migrations_done, migrations_cancelled, migrations_reset, emit_failed, blind_dropped, challenged, expiry_held] =
             a;
         MigrationCounters {
             engines_active,
@@ -100,6 +104,7 @@ impl MigrationCounters {
             emit_failed,
             blind_dropped,
             challenged,
+            expiry_held,
         }
     }
 }

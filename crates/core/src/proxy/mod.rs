@@ -663,6 +663,16 @@ impl ProxyCore {
         self.track(hit.slot, !hit.from_server, &m);
     }
 
+    /// The proxy reset both ends of flow `slot` (a migration that could not complete): its
+    /// tracking is `CLOSED`, and the close timeout removes it.
+    pub fn reset_tracking(&mut self, slot: u32) {
+        if self.flows.contains(slot) {
+            let before = self.flows.get(slot).state;
+            self.flows.get_mut(slot).state = TcpState::Closed;
+            self.refresh_expiry(slot, Some(before));
+        }
+    }
+
     /// The segment of `hit` was absorbed on the flow's behalf: the flow is not idle.
     pub fn touch(&mut self, hit: &FlowHit) {
         if hit.track && self.flows.contains(hit.slot) {
@@ -679,12 +689,26 @@ impl ProxyCore {
     /// Expires idle flows (bounded work: at most `max_slots` wheel slots). No allocation: the
     /// SNAT pool only gets back ports it handed out, within its reserved capacity.
     pub fn expire(&mut self, max_slots: u32) {
+        self.expire_holding(max_slots, |_| false);
+    }
+
+    /// [`ProxyCore::expire`], except that flows for which `hold` says so stay (their idle
+    /// timer starts again): a flow whose migration is in progress is the migration's to end,
+    /// within its own bounded deadlines, not the idle timer's.
+    pub fn expire_holding(&mut self, max_slots: u32, mut hold: impl FnMut(u32) -> bool) {
         let now = self.now_tick();
         let mut pool = std::mem::take(&mut self.snat_ports);
         let addrs = &self.snat_addrs;
+        let timeouts = self.timeouts;
         let mut closed = 0u64;
         let gone = &mut self.closed;
         self.flows.advance(now, max_slots, |t, idx| {
+            if hold(idx) {
+                let f = t.get_mut(idx);
+                f.expires = now.wrapping_add(timeouts[f.state as usize].max(1));
+                t.reschedule(idx);
+                return;
+            }
             let fl = t.remove(idx);
             gone.push(idx);
             if let Some(i) = addrs.iter().position(|&x| x == fl.snat.0) {
