@@ -337,6 +337,76 @@ fn the_old_device_cut_off_right_after_the_request() {
     assert!(moved.is_empty(), "{moved:?}\n{out}");
 }
 
+#[test]
+fn with_nobody_left_to_take_the_flow_the_server_is_reset_without_a_challenge() {
+    let b = bed(
+        "r",
+        &[(
+            "migration_deadline_ms = 10000",
+            "migration_deadline_ms = 1000",
+        )],
+    );
+    let mut proxy = Proxy::start(&b.cfg, &[]);
+    let mut srv = start_server(&b, 256 << 20);
+    let file = b.dir.0.join("phone.bin");
+    let mut p = drain(&b.phone, 80, &file);
+    let port = line_from(&mut p, "port");
+    wait_size(&file, 2 << 20);
+    let before = counters(&b.server);
+    let _ = migrate(&b.sock, &format!("198.18.0.1:{port}"), 80);
+    // The phone's application quits (its kernel closes the connection: the proxy answers its
+    // FIN or RST, the server never sees it) and no target connects: at the deadline nobody can
+    // take the flow, and both ends are reset.
+    proxy.wait_for(" paused ", Duration::from_secs(10));
+    // (`timeout`, the child, passes SIGTERM on to the application.)
+    let _ = run("kill", &["-TERM", &p.id().to_string()]);
+    let _ = p.wait();
+    let mut out = proxy.wait_for(" reset ", Duration::from_secs(30));
+    let mut status = None;
+    for _ in 0..100 {
+        status = srv.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = run("kill", &["-TERM", &srv.id().to_string()]);
+    let _ = srv.wait();
+    let after = counters(&b.server);
+    let sockets = must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &b.server.name,
+            "ss",
+            "-tnH",
+            "state",
+            "established",
+        ],
+    );
+    out += &proxy.stop();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the server's application did not see its connection reset ({status:?}):\n{out}"
+    );
+    assert!(
+        sockets.trim().is_empty(),
+        "the server's connection lives: {sockets}\n{out}"
+    );
+    let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        d("Tcp:EstabResets"),
+        1,
+        "the reset was accepted as such\n{out}"
+    );
+    assert_eq!(
+        d("TcpExt:TCPChallengeACK"),
+        0,
+        "the server challenged the proxy's RST (not at its RCV.NXT)\n{out}"
+    );
+}
+
 /// `argv[1]` connections, each streaming `argv[2]` bytes of the pattern (paced), one thread each.
 const SERVER_MANY: &str = r#"
 import socket, sys, threading, time

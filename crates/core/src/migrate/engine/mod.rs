@@ -387,6 +387,9 @@ pub struct EngineStats {
     pub blind_dropped: u64,
     /// Challenge ACKs sent on an end's behalf.
     pub challenged: u64,
+    /// RSTs sent at an end's own ACK after the proxy reset the flow (the first RST missed its
+    /// RCV.NXT and the end challenged it).
+    pub resets_answered: u64,
 }
 
 /// The migration engine of one flow.
@@ -734,6 +737,25 @@ impl<B: SharedBuf> Engine<B> {
             (state, Leg::Device(g)) if self.retiring.is_some_and(|l| l.gen == g) => {
                 self.on_retiring(now, seg);
                 (state, Verdict::Consumed)
+            }
+            // After the proxy reset both ends: an end that still answers (its RCV.NXT was not
+            // where the reset was aimed, so it sent a challenge ACK, RFC 5961 3.2) gets the
+            // RST a closed connection sends, at its own ACK (RFC 9293 3.10.7.1): exact.
+            (State::Closed(Some(f)), from) => {
+                if let (Some(ack), false) = (seg.ack, seg.has(TcpFlags::RST)) {
+                    self.stats.resets_answered += 1;
+                    self.push(Emit {
+                        to: from,
+                        fields: TcpFields {
+                            seq: ack,
+                            flags: TcpFlags::RST,
+                            ..TcpFields::default()
+                        },
+                        payload_seq: ack,
+                        payload_len: 0,
+                    });
+                }
+                (State::Closed(Some(f)), Verdict::Drop(buf))
             }
             // A device this flow does not know (or no longer serves), or anything after Closed.
             (state, _) => (state, Verdict::Drop(buf)),

@@ -430,3 +430,43 @@ fn a_syn_on_the_live_tuple_is_challenged_and_a_blind_ack_changes_nothing() {
         "the freeze ACK is built from the real numbers"
     );
 }
+
+#[test]
+fn after_a_reset_an_end_that_challenges_it_gets_an_exact_rst() {
+    let mut t = idle_flow();
+    let now = t.now;
+    assert_eq!(t.e.migrate(now, None, &mut t.b), Ok(1));
+    // The phone is gone and the target never connects: the deadline resets both ends.
+    t.e.device_gone(0);
+    let deadline = t.now + EngineConfig::default().deadline_us;
+    t.now = deadline;
+    t.e.on_timeout(deadline, &mut t.b);
+    assert_eq!(t.e.phase(), Phase::Closed);
+    let rsts: Vec<Emit> = t
+        .sent()
+        .into_iter()
+        .filter(|e| e.to == Leg::Server)
+        .collect();
+    assert!(
+        rsts.iter().any(|e| e.fields.flags & TcpFlags::RST != 0),
+        "{rsts:?}"
+    );
+    // The server's RCV.NXT was elsewhere: it answers with a challenge ACK.
+    let challenge = TcpFields {
+        seq: SeqNumber(S_ISN) + 1 + 3000,
+        ack: SeqNumber(C_ISN + 1) + 77,
+        flags: TcpFlags::ACK,
+        window: 1_000,
+        ts: Some((TS_S + 50_000, 200)),
+        ..TcpFields::default()
+    };
+    assert!(t.forwarded(Leg::Server, frame(challenge, 0)).is_none());
+    let sent = t.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        (sent[0].to, sent[0].fields.seq, sent[0].fields.flags),
+        (Leg::Server, SeqNumber(C_ISN + 1) + 77, TcpFlags::RST),
+        "the RST at the server's own ACK"
+    );
+    assert_eq!(t.e.stats.resets_answered, 1);
+}
