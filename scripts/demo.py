@@ -32,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 S, P, C = "tsmp-demo-server", "tsmp-demo-phone", "tsmp-demo-pc"
-LINKS = ["tsmp-c0", "tsmp-s0", "tsmp-ph", "tsmp-pc", "tsmp-br0"]
+LINKS = ["tsmp-c0", "tsmp-s0", "tsmp-ph", "tsmp-pc", "tsmp-br0", "tsmp-phl", "tsmp-pcl"]
 VIDEO_BYTES = 12 << 20
 # Bytes/s the server paces the video at (8 Mbit/s): below the phone's 10 Mbit/s, as a player's
 # bitrate is, so the phone's link has no standing queue and control messages are not stuck in it.
@@ -250,37 +250,57 @@ def network():
         off(host)
         off("eth0", ns)
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        if host != "tsmp-s0":
-            sh("ip", "link", "set", host, "master", "tsmp-br0")
+    # A device's veth ends at its link emulator; the emulator's other side is a veth pair whose
+    # far end is on the bridge.
+    for _, side, _, _ in SHAPES:
+        sh("ip", "link", "add", side, "type", "veth", "peer", "name", side + "b")
+        for link in (side, side + "b"):
+            off(link)
+            sh("sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % link)
+            sh("ip", "link", "set", link, "up")
+        sh("ip", "link", "set", side + "b", "master", "tsmp-br0")
     for link in ("tsmp-br0", "tsmp-c0", "tsmp-c0b", "tsmp-s0", "tsmp-ph", "tsmp-pc"):
         sh("ip", "link", "set", link, "up")
 
 
+# The links the design names, emulated by tsmp-linkem (this kernel has no netem) between each
+# device's veth and the bridge: (veth, bridge side, toward the appliance, toward the device).
+SHAPES = (
+    ("tsmp-ph", "tsmp-phl", "delay=20ms,jitter=1ms,rate=10mbit,queue=128kb",
+     "delay=20ms,jitter=1ms,rate=10mbit,queue=128kb,loss=0.5%"),
+    ("tsmp-pc", "tsmp-pcl", "delay=2500us,rate=100mbit,queue=256kb",
+     "delay=2500us,rate=100mbit,queue=256kb"),
+)
+SEED = int(os.environ.get("TSMP_DEMO_SEED", "1"))
+
+
 def shape_links():
-    """The phone's link: 10 Mbit/s, 40 ms, 0.5% loss; the PC's: 100 Mbit/s, 5 ms. With netem
-    where the kernel has it; otherwise rate (tbf) and loss (nftables) without the delays."""
-    def netem(dev, ns, spec):
-        pre = nsx(ns) if ns else []
-        return subprocess.run(pre + ["tc", "qdisc", "add", "dev", dev, "root", "netem", *spec.split()],
-                              capture_output=True).returncode == 0
-    if (netem("tsmp-ph", None, "delay 20ms rate 10mbit loss 0.5%")
-            and netem("eth0", P, "delay 20ms rate 10mbit")
-            and netem("tsmp-pc", None, "delay 2500us rate 100mbit")
-            and netem("eth0", C, "delay 2500us rate 100mbit")):
-        return "phone 10 Mbit/s, 40 ms RTT, 0.5% loss; PC 100 Mbit/s, 5 ms RTT (netem)"
-    for dev, ns, rate in (("tsmp-ph", None, "10mbit"), ("eth0", P, "10mbit"),
-                          ("tsmp-pc", None, "100mbit"), ("eth0", C, "100mbit")):
-        pre = nsx(ns) if ns else []
-        sh(*pre, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
-           "burst", "64kb", "latency", "100ms")
-    # 0.5% of the segments toward the phone are lost (in its namespace, before TCP sees them).
-    rules = os.path.join(WORK, "loss.nft")
-    with open(rules, "w") as f:
-        f.write("table ip tsmp_demo_loss {\n chain pre {\n  type filter hook prerouting priority -300;\n"
-                "  ip saddr 198.18.0.10 tcp sport 80 numgen random mod 1000 < 5 counter drop\n }\n}\n")
-    sh(*nsx(P, "nft", "-f", rules))
-    return ("phone 10 Mbit/s, 0.5% loss; PC 100 Mbit/s (tbf and nftables: this kernel has no "
-            "netem, so no added delay)")
+    """The phone's link: 10 Mbit/s, 40 ms RTT, 0.5% loss toward it; the PC's: 100 Mbit/s, 5 ms
+    RTT. Each a tsmp-linkem between the device's veth and the bridge (on CPU 0, with the
+    applications: CPU 1 is the appliance worker's)."""
+    for i, (dev, bridge_side, up, down) in enumerate(SHAPES):
+        stats = os.path.join(WORK, dev + "-link.json")
+        p = spawn(["taskset", "-c", "0", os.path.join(BIN, "tsmp-linkem"), "--a", dev, "--b", bridge_side,
+                   "--a-to-b", up, "--b-to-a", down, "--seed", str(SEED * 16 + i), "--stats", stats],
+                  stdout=subprocess.PIPE, text=True)
+        wait_line(p, "tsmp-linkem:")
+    return ("phone 10 Mbit/s, 40 ms RTT, 0.5%% loss toward it; PC 100 Mbit/s, 5 ms RTT "
+            "(tsmp-linkem, seed %d)" % SEED)
+
+
+def link_counters():
+    """What each emulated link did (its tsmp-linkem's counters)."""
+    out = []
+    for dev, _, _, _ in SHAPES:
+        try:
+            s = json.load(open(os.path.join(WORK, dev + "-link.json")))
+        except (OSError, ValueError):
+            continue
+        name = "phone" if dev == "tsmp-ph" else "PC"
+        for d, label in (("a_to_b", "up"), ("b_to_a", "down")):
+            c = s[d]
+            out.append("%s %s: %d frames, %d lost, %d queue drops" % (name, label, c["sent"], c["lost"], c["queue_drops"]))
+    return out
 
 
 def read_pcap(path):
@@ -677,6 +697,7 @@ def main():
         if later:
             say("   and %d later on the PC's path, not the migration's (tail-loss probes after delayed "
                 "ACKs): %s" % (len(later), ", ".join(later)))
+    say("   links: " + "; ".join(link_counters()))
     say("== the server's side (its namespace, its socket)")
     say("   kernel counters moved while frozen %.1f s: %s" % (FREEZE_CHECK, ", ".join(frozen) or "none"))
     say("   kernel counters a migration must never move, over the whole run: %s" % (", ".join(ever) or "none"))

@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 command -v cargo >/dev/null 2>&1 || export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
 echo "== building (release)"
-cargo build --release --locked --bin tsmp-proxy --bin tsmp-names --bin tsmp-agent 2>&1 | tail -1
+cargo build --release --locked --bin tsmp-proxy --bin tsmp-names --bin tsmp-agent --bin tsmp-linkem 2>&1 | tail -1
 exec python3 scripts/demo.py

@@ -257,6 +257,11 @@ impl Resolver {
 
     /// Sends `bytes` (a message with ID `id`) and returns the answer's bytes.
     pub fn exchange(&self, bytes: &[u8], id: u16) -> Result<Vec<u8>, NameError> {
+        self.exchange_tries(bytes, id, self.tries)
+    }
+
+    /// [`Resolver::exchange`] with `tries` sends of the same bytes.
+    fn exchange_tries(&self, bytes: &[u8], id: u16, tries: u32) -> Result<Vec<u8>, NameError> {
         let io = |e| NameError::Io(self.server, e);
         let local: SocketAddr = if self.server.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -267,7 +272,7 @@ impl Resolver {
         sock.connect(self.server).map_err(io)?;
         sock.set_read_timeout(Some(self.timeout)).map_err(io)?;
         let mut buf = vec![0u8; 4096];
-        for _ in 0..self.tries {
+        for _ in 0..tries {
             sock.send(bytes).map_err(io)?;
             loop {
                 match sock.recv(&mut buf) {
@@ -419,7 +424,11 @@ impl Resolver {
     /// Sends a signed update and maps its answer; `name` is what it changes (for messages).
     pub fn send_update(&self, bytes: &[u8], id: u16, name: &str) -> Result<(), NameError> {
         let answer = self.exchange(bytes, id)?;
-        let r = Message::from_vec(&answer).map_err(|e| {
+        Self::update_answer(&answer, name)
+    }
+
+    fn update_answer(answer: &[u8], name: &str) -> Result<(), NameError> {
+        let r = Message::from_vec(answer).map_err(|e| {
             NameError::Malformed(name.to_owned(), format!("bad answer to the update: {e}"))
         })?;
         let code = r.metadata.response_code;
@@ -466,9 +475,19 @@ impl Resolver {
         id: &DeviceId,
         rec: &DeviceRecord,
     ) -> Result<(), NameError> {
-        let (bytes, mid) = self.registration(key, id, rec)?;
         let shown = id.fqdn(&self.zone)?.to_string();
-        self.send_update(&bytes, mid, &shown)
+        // Each try is signed afresh: the server accepts a signed update once, so the same bytes
+        // sent again (their answer lost or late) would be refused as a replay. The update
+        // replaces the device's records: applying it twice changes nothing.
+        let mut last = Err(NameError::Timeout(self.server));
+        for _ in 0..self.tries {
+            let (bytes, mid) = self.registration(key, id, rec)?;
+            last = self.exchange_tries(&bytes, mid, 1);
+            if let Ok(answer) = &last {
+                return Self::update_answer(answer, &shown);
+            }
+        }
+        last.map(|_| ())
     }
 }
 
