@@ -27,6 +27,7 @@ const GAUGES: &[&str] = &[
     "flow_table_bytes",
     "engine_bytes",
     "snat_ports_free",
+    "migration_ports_free",
     "engines_active",
     "cache_bytes",
     "cache_bufs",

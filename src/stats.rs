@@ -116,6 +116,7 @@ pub struct ProxyCounters {
     arp_requests: AtomicU64,
     icmp_echo_replies: AtomicU64,
     mss_clamped: AtomicU64,
+    syn_resets: AtomicU64,
     snat_ports_free: AtomicU64,
     mempool_exhausted: AtomicU64,
     to_kernel: AtomicU64,
@@ -140,6 +141,7 @@ impl Default for ProxyCounters {
             arp_requests: AtomicU64::new(0),
             icmp_echo_replies: AtomicU64::new(0),
             mss_clamped: AtomicU64::new(0),
+            syn_resets: AtomicU64::new(0),
             snat_ports_free: AtomicU64::new(0),
             mempool_exhausted: AtomicU64::new(0),
             to_kernel: AtomicU64::new(0),
@@ -182,6 +184,8 @@ pub struct ProxySnapshot {
     pub icmp_echo_replies: u64,
     /// SYNs whose MSS was lowered.
     pub mss_clamped: u64,
+    /// SYNs to a migration port nobody waits on, answered with an RST.
+    pub syn_resets: u64,
     /// SNAT ports free in this worker's pool.
     pub snat_ports_free: u64,
     /// Frames the worker could not build for lack of mbufs.
@@ -208,6 +212,7 @@ impl ProxyCounters {
         self.arp_requests.store(s.arp_requests, Relaxed);
         self.icmp_echo_replies.store(s.icmp_echo_replies, Relaxed);
         self.mss_clamped.store(s.mss_clamped, Relaxed);
+        self.syn_resets.store(s.syn_resets, Relaxed);
         self.to_kernel.store(s.to_kernel, Relaxed);
         self.from_kernel.store(s.from_kernel, Relaxed);
         self.flows_active.store(x.flows_active, Relaxed);
@@ -247,6 +252,7 @@ impl ProxyCounters {
             arp_requests: self.arp_requests.load(Relaxed),
             icmp_echo_replies: self.icmp_echo_replies.load(Relaxed),
             mss_clamped: self.mss_clamped.load(Relaxed),
+            syn_resets: self.syn_resets.load(Relaxed),
             snat_ports_free: self.snat_ports_free.load(Relaxed),
             mempool_exhausted: self.mempool_exhausted.load(Relaxed),
             to_kernel: self.to_kernel.load(Relaxed),

@@ -325,3 +325,110 @@ fn replays_over_small_segments_survive_loss_and_reordering() {
         );
     }
 }
+
+/// A phone with a chat connection through the data plane (established), and a PC beside it;
+/// migrations time out after 1 ms.
+fn idle_chat() -> (Net, usize, usize) {
+    let settings = ProxySettings {
+        timeout_jitter_ms: 0,
+        ..ProxySettings::lab(PORT_MACS)
+    };
+    let mut server = Host::new(SERVER, 24, [198, 19, 0, 254], 64 * 1024, 1500);
+    server.socket().listen(CHAT_PORT).unwrap();
+    let engine = EngineConfig {
+        deadline_us: 1_000,
+        ..EngineConfig::default()
+    };
+    let mut net = Net::new(3, &settings, engine, server);
+    let link = Link::new(1_000, 100_000_000, 0);
+    let phone = Host::new(PHONE, 24, [198, 18, 0, 254], 64 * 1024, 1500);
+    let phone = net.add_device(phone, PHONE, [2, 0, 0, 0, 0, 0xc1], link.clone());
+    let pc = Host::new(PC, 24, [198, 18, 0, 254], 64 * 1024, 1500);
+    let pc = net.add_device(pc, PC, [2, 0, 0, 0, 0, 0xc3], link);
+    connect(&mut net, phone, CHAT_PORT, 41000);
+    while net.server.socket().state() != State::Established {
+        net.step(1_000);
+        assert!(net.now < 5_000_000, "no connection");
+    }
+    (net, phone, pc)
+}
+
+#[test]
+fn migration_ports_return_to_the_pool_when_their_migrations_end() {
+    let (mut net, phone, _) = idle_chat();
+    net.dp.refresh_stats();
+    let full = net.dp.stats().migration.migration_ports_free;
+    assert!(full > 0);
+    // 100,000 migrations of the one flow, each cancelled at its deadline (nobody connects):
+    // more than the pool holds, so a port kept after its migration would run it dry.
+    for i in 0..100_000u64 {
+        let mut io = std::mem::take(&mut net.io);
+        let m = net.dp.start_migration(
+            tuple(PHONE, 41000),
+            tuple(VIP, CHAT_PORT),
+            None,
+            None,
+            None,
+            &mut io,
+        );
+        assert!(m.is_ok(), "migration {i}: {m:?}");
+        net.now += 2_000;
+        net.dp.set_time(net.now);
+        net.dp.housekeeping(u32::MAX, &mut io);
+        io.out.clear();
+        io.events.clear();
+        net.io = io;
+    }
+    net.dp.refresh_stats();
+    let m = net.dp.stats().migration;
+    assert_eq!(m.migrations_cancelled, 100_000, "{m:?}");
+    assert_eq!(m.migration_ports_free, full, "ports leaked: {m:?}");
+    // The flow still carries the chat on the phone.
+    let msg = b"still here\n";
+    net.server.socket().send_slice(msg).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2_000 {
+        net.step(1_000);
+        read(&mut net, phone, &mut got);
+        if got.len() >= msg.len() {
+            break;
+        }
+    }
+    assert_eq!(got, msg);
+}
+
+#[test]
+fn a_target_that_connects_after_its_migration_ended_is_refused_with_a_reset() {
+    let (mut net, _, pc) = idle_chat();
+    let mut io = std::mem::take(&mut net.io);
+    let m = net
+        .dp
+        .start_migration(
+            tuple(PHONE, 41000),
+            tuple(VIP, CHAT_PORT),
+            None,
+            None,
+            None,
+            &mut io,
+        )
+        .unwrap();
+    net.io = io;
+    // The deadline passes before the PC connects: cancelled, back on the phone.
+    for _ in 0..20 {
+        net.step(1_000);
+    }
+    assert!(net
+        .event(|e| matches!(e, Event::Cancelled { .. }).then_some(()))
+        .is_some());
+    connect(&mut net, pc, m.migration_port, 42000);
+    for _ in 0..200 {
+        net.step(1_000);
+    }
+    let s = net.devices[pc].host.socket();
+    assert_eq!(
+        s.state(),
+        State::Closed,
+        "the PC's late SYN was answered with a reset, not left hanging"
+    );
+    assert_eq!(net.dp.core().stats.syn_resets, 1);
+}

@@ -275,15 +275,20 @@ impl<B: FrameBuf> Dataplane<B> {
             let m = &mut self.stats.migration;
             match ev {
                 Event::Paused { .. } => m.migrations_started += 1,
-                Event::Resumed { device, .. }
-                    if device != current && self.core.switch_device(slot, current, device) =>
-                {
-                    m.migrations_done += 1;
+                Event::Resumed { device, .. } => {
+                    if device != current && self.core.switch_device(slot, current, device) {
+                        m.migrations_done += 1;
+                    }
+                    self.core.end_migration(slot);
                 }
-                Event::Cancelled { .. } => m.migrations_cancelled += 1,
+                Event::Cancelled { .. } => {
+                    m.migrations_cancelled += 1;
+                    self.core.end_migration(slot);
+                }
                 Event::Reset { .. } => {
                     m.migrations_reset += 1;
                     self.core.reset_tracking(slot);
+                    self.core.end_migration(slot);
                 }
                 _ => {}
             }
@@ -424,6 +429,7 @@ impl<B: FrameBuf> Dataplane<B> {
         m.cache_bufs_peak = m.cache_bufs_peak.max(self.budget.bufs);
         self.stats.flows_active = self.core.flow_count() as u64;
         self.stats.snat_ports_free = self.core.snat_ports_free() as u64;
+        self.stats.migration.migration_ports_free = self.core.migration_ports_free() as u64;
     }
 
     /// An accepted migration request for the flow of `client` to `vip`: freeze it and reserve

@@ -60,11 +60,13 @@ pub struct MigrationCounters {
     /// Idle expiries put off because the flow was migrating (the migration's deadlines bound
     /// it; the flow expires normally after).
     pub expiry_held: u64,
+    /// Migration ports this worker can still hand out (a gauge).
+    pub migration_ports_free: u64,
 }
 
 impl MigrationCounters {
     /// Number of counters.
-    pub const N: usize = 14;
+    pub const N: usize = 15;
 
     /// The counters in declaration order (for publication as atomics).
     pub fn to_array(self) -> [u64; Self::N] {
@@ -83,12 +85,13 @@ impl MigrationCounters {
             self.blind_dropped,
             self.challenged,
             self.expiry_held,
+            self.migration_ports_free,
         ]
     }
 
     /// The inverse of [`MigrationCounters::to_array`].
     pub fn from_array(a: [u64; Self::N]) -> Self {
-        let [engines_active, cache_bytes, cache_bufs, cache_bufs_peak, cache_overflow, engine_emitted, migrations_started, migrations_done, migrations_cancelled, migrations_reset, emit_failed, blind_dropped, challenged, expiry_held] =
+        let [engines_active, cache_bytes, cache_bufs, cache_bufs_peak, cache_overflow, engine_emitted, migrations_started, migrations_done, migrations_cancelled, migrations_reset, emit_failed, blind_dropped, challenged, expiry_held, migration_ports_free] =
             a;
         MigrationCounters {
             engines_active,
@@ -105,6 +108,7 @@ impl MigrationCounters {
             blind_dropped,
             challenged,
             expiry_held,
+            migration_ports_free,
         }
     }
 }

@@ -95,6 +95,67 @@ impl ProxyCore {
         }
     }
 
+    /// The migration of flow `slot` ended (resumed on a device, cancelled, or reset): its port
+    /// goes back to the pool. The device that took the flow keeps talking to that port (its
+    /// 4-tuple stays unique: a later target is another address or source port), and a SYN
+    /// that arrives on it later is answered with an RST.
+    pub fn end_migration(&mut self, slot: u32) {
+        if self.mports.is_empty() {
+            return;
+        }
+        let free = &mut self.mports_free;
+        self.mports.retain(|p, v| {
+            let ours = v.0 == slot;
+            if ours {
+                free.push_back(*p);
+            }
+            !ours
+        });
+    }
+
+    /// Migration ports this worker can still hand out.
+    pub fn migration_ports_free(&self) -> usize {
+        self.mports_free.len()
+    }
+
+    /// Turns a SYN around, in place, into the RST|ACK a closed port answers with (RFC 9293
+    /// 3.10.7.1: sequence 0, acknowledging the SYN), back to its sender on the client side.
+    pub(super) fn refuse_syn(&mut self, f: &mut [u8], m: &TcpMeta) -> Verdict {
+        let (l3, l4, doff) = (ETH_LEN, m.l4, m.tcp_hdr_len);
+        if f.len() < l4 + doff || l4 < l3 + 20 {
+            return Verdict::Drop(Cause::Wire(DropReason::Truncated));
+        }
+        let mut peer = [0u8; 6];
+        peer.copy_from_slice(&f[6..12]);
+        set_macs(f, peer, self.client.mac);
+        let ip = &mut f[l3..l4];
+        let (src, dst) = (m.src, m.dst);
+        ip[12..16].copy_from_slice(&dst);
+        ip[16..20].copy_from_slice(&src);
+        let total = u16::try_from(ip.len() + doff).unwrap_or(u16::MAX);
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[8] = 64;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(checksum::sum(0, ip));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let t = &mut f[l4..l4 + doff];
+        let (sport, dport) = (m.sport, m.dport);
+        t[0..2].copy_from_slice(&dport.to_be_bytes());
+        t[2..4].copy_from_slice(&sport.to_be_bytes());
+        t[4..8].copy_from_slice(&0u32.to_be_bytes());
+        let ack = m.seq + 1 + u32::try_from(m.payload_len).unwrap_or(0);
+        t[8..12].copy_from_slice(&ack.0.to_be_bytes());
+        t[13] = TcpFlags::RST | TcpFlags::ACK;
+        t[14..20].fill(0);
+        // The SYN's options become no-ops (the header keeps its length).
+        t[20..].fill(1);
+        let acc = checksum::pseudo_ipv4(dst, src, 6, u16::try_from(doff).unwrap_or(0));
+        let c = checksum::finish(checksum::sum(acc, t));
+        t[16..18].copy_from_slice(&c.to_be_bytes());
+        self.stats.syn_resets += 1;
+        Verdict::Tx(self.client.port)
+    }
+
     /// The device generation that holds flow `slot` (0 until it migrated).
     pub fn device_of(&self, slot: u32) -> u32 {
         self.current_device(slot)
@@ -136,17 +197,6 @@ impl ProxyCore {
         self.legs.retain(|_, v| v.0 != slot);
         self.devices.retain(|k, _| k.0 != slot);
         self.current.remove(&slot);
-        let mut freed = [0u16; 16];
-        let mut n = 0;
-        self.mports.retain(|p, v| {
-            if v.0 == slot && n < freed.len() {
-                freed[n] = *p;
-                n += 1;
-                false
-            } else {
-                true
-            }
-        });
-        self.mports_free.extend(&freed[..n]);
+        self.end_migration(slot);
     }
 }

@@ -186,6 +186,9 @@ pub struct ProxyStats {
     pub to_kernel: u64,
     /// Frames the kernel sent out through the exception path.
     pub from_kernel: u64,
+    /// SYNs to a migration port nobody waits on (never reserved, or its migration ended)
+    /// answered with an RST, as a closed port answers.
+    pub syn_resets: u64,
 }
 
 impl Default for ProxyStats {
@@ -201,6 +204,7 @@ impl Default for ProxyStats {
             mss_clamped: 0,
             to_kernel: 0,
             from_kernel: 0,
+            syn_resets: 0,
         }
     }
 }

@@ -88,6 +88,11 @@ impl ProxyCore {
                 }
             }
         }
+        if idx.is_none() && migration && is_syn && !self.mports.contains_key(&m.dport) {
+            // Nobody waits on this migration port (never reserved, or its migration ended: a
+            // target that connects late): answered as a closed port, not left hanging.
+            return self.refuse_syn(f, m);
+        }
         if let Some(i) = idx {
             // A new SYN on a closed flow's tuple: the client reuses its port; start afresh.
             if is_syn
