@@ -170,6 +170,81 @@ fn migrate_a_download_from_phone_to_pc_with_kernel_tcp() {
     assert!(out.contains("done=1"), "{out}");
 }
 
+#[test]
+fn a_download_migrates_over_links_with_160_and_80_ms_round_trips() {
+    // The phone 160 ms away (20 Mbit/s), the PC 80 ms (50 Mbit/s), through tsmp-linkem: the
+    // server's segments are in flight for a long time when it is frozen, its timers scale
+    // with its RTT, and nothing it notices may come from the migration.
+    let b = bed_with_links(
+        "w",
+        &[
+            ("keep_acked_bytes = 262144", "keep_acked_bytes = 8388608"),
+            ("flow_cache_bytes = 4194304", "flow_cache_bytes = 16777216"),
+        ],
+        (
+            "delay=80ms,rate=20mbit,queue=512kb",
+            "delay=80ms,rate=20mbit,queue=512kb",
+        ),
+        (
+            "delay=40ms,rate=50mbit,queue=512kb",
+            "delay=40ms,rate=50mbit,queue=512kb",
+        ),
+    );
+    let mut proxy = Proxy::start(&b.cfg, &[]);
+    let total: u64 = 4 << 20;
+    let consumed_target: u64 = 1 << 20;
+    let mut srv = start_server(&b, total);
+    let start = counters(&b.server);
+    let mut ph = phone_client(&b.phone, "80", 0, consumed_target);
+    let phone_port = line_from(&mut ph, "port");
+    let consumed: u64 = line_from(&mut ph, "consumed").parse().unwrap();
+    let before = counters(&b.server);
+    let reply = control(
+        &b.sock,
+        &format!(
+            r#"{{"migrate": {{"client": "198.18.0.1:{phone_port}", "vip": "198.18.0.10:80", "offset": {consumed}}}}}"#
+        ),
+    );
+    let mport = reply["ok"]["migration_port"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("migration refused: {reply}"));
+    let pcc = phone_client(&b.pc, &mport.to_string(), consumed, 0);
+    proxy.wait_for(" replaying ", Duration::from_secs(20));
+    let frozen = counters(&b.server);
+    proxy.wait_for(" resumed ", Duration::from_secs(20));
+    let pc_out = pcc.wait_with_output().unwrap();
+    let pc_out = String::from_utf8_lossy(&pc_out.stdout).into_owned();
+    let got = pc_out
+        .lines()
+        .find_map(|l| l.strip_prefix("ok "))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(stdin) = ph.stdin.as_mut() {
+        let _ = stdin.write_all(b"\n");
+    }
+    let _ = ph.wait();
+    let st = srv.wait().unwrap();
+    let end = counters(&b.server);
+    let out = proxy.stop();
+    print_pauses(
+        "a_download_migrates_over_links_with_160_and_80_ms_round_trips",
+        &out,
+    );
+    assert_eq!(
+        got,
+        Some(total - consumed),
+        "the PC's stream: {pc_out}\n{out}"
+    );
+    assert!(st.success(), "the server's application saw an error\n{out}");
+    let during = unchanged(&before, &frozen, &WATCHED);
+    assert!(
+        during.is_empty(),
+        "the server's TCP noticed the migration: {during:?}\n{out}"
+    );
+    let ever = unchanged(&start, &end, &NEVER);
+    assert!(ever.is_empty(), "{ever:?}\n{out}");
+    assert!(out.contains("done=1"), "{out}");
+}
+
 fn phone_client(ns: &Netns, port: &str, start: u64, stop: u64) -> Child {
     app(
         ns,

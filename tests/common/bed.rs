@@ -128,7 +128,10 @@ pub struct Bed {
     pub dir: TempDir,
     pub sock: std::path::PathBuf,
     pub cfg: std::path::PathBuf,
+    /// Link emulators between the devices and the bridge (dropped before the links).
+    pub emulators: Vec<super::Killed>,
     pub _links: (Veth, Veth, Veth, HostVeth, Bridge),
+    pub _shaped: Vec<HostVeth>,
     /// The appliance's kernel side (exception path), with agent control.
     pub appliance: Option<Netns>,
 }
@@ -139,17 +142,28 @@ pub const APPLIANCE: &str = "198.18.0.254";
 pub const AGENTS_PORT: u16 = 7000;
 
 pub fn bed(tag: &str, subst: &[(&str, &str)]) -> Bed {
-    build(tag, subst, false)
+    build(tag, subst, false, None)
+}
+
+/// The test bed with the phone's and the PC's links emulated by `tsmp-linkem` (each a
+/// `(toward the appliance, toward the device)` pair of its link specifications).
+pub fn bed_with_links(
+    tag: &str,
+    subst: &[(&str, &str)],
+    phone: (&str, &str),
+    pc: (&str, &str),
+) -> Bed {
+    build(tag, subst, false, Some([phone, pc]))
 }
 
 /// The test bed with the control plane: the exception path's kernel side in an "appliance"
 /// namespace, where the agents' control port (198.18.0.254:7000) and the naming server
 /// (198.18.0.254:53) live, the proxy's key in the bed's directory.
 pub fn bed_with_agents(tag: &str, subst: &[(&str, &str)]) -> Bed {
-    build(tag, subst, true)
+    build(tag, subst, true, None)
 }
 
-fn build(tag: &str, subst: &[(&str, &str)], agents: bool) -> Bed {
+fn build(tag: &str, subst: &[(&str, &str)], agents: bool, links: Option<[(&str, &str); 2]>) -> Bed {
     super::require_root();
     let t = format!("{tag}{}", super::tag());
 
@@ -180,7 +194,50 @@ fn build(tag: &str, subst: &[(&str, &str)], agents: bool) -> Bed {
             ],
         );
     }
-    for port in [&pxb, &vp.host, &vc.host] {
+    // Shaped: a device's host end goes to its link emulator, whose other side is a veth pair
+    // with its far end on the bridge.
+    let mut emulators = Vec::new();
+    let mut shaped = Vec::new();
+    let mut bridged = vec![pxb.clone()];
+    for (i, dev) in [&vp.host, &vc.host].into_iter().enumerate() {
+        let Some((up, down)) = links.map(|l| l[i]) else {
+            bridged.push(dev.clone());
+            continue;
+        };
+        let side = HostVeth(format!("tml{i}{t}"));
+        let far = format!("{}b", side.0);
+        let _ = run("ip", &["link", "del", &side.0]);
+        must(
+            "ip",
+            &["link", "add", &side.0, "type", "veth", "peer", "name", &far],
+        );
+        for d in [&side.0, &far] {
+            must(
+                "ethtool",
+                &[
+                    "-K", d, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            );
+            let _ = run(
+                "sysctl",
+                &["-qw", &format!("net.ipv6.conf.{d}.disable_ipv6=1")],
+            );
+            must("ip", &["link", "set", d, "up"]);
+        }
+        let mut child = std::process::Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(super::tool("tsmp-linkem"))
+            .args(["--a", dev, "--b", &side.0, "--a-to-b", up, "--b-to-a", down])
+            .args(["--seed", &(i + 1).to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tsmp-linkem");
+        line_from(&mut child, "tsmp-linkem:");
+        emulators.push(super::Killed(child));
+        bridged.push(far);
+        shaped.push(side);
+    }
+    for port in &bridged {
         must("ip", &["link", "set", port, "master", &br.0]);
     }
     for dev in [&br.0, &px.0, &pxb] {
@@ -220,7 +277,9 @@ fn build(tag: &str, subst: &[(&str, &str)], agents: bool) -> Bed {
         dir,
         sock,
         cfg,
+        emulators,
         _links: (vs, vp, vc, px, br),
+        _shaped: shaped,
         appliance,
     }
 }
